@@ -1,0 +1,69 @@
+"""What every command shares: error reporting in one place, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..errors import ImveditError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+state = {"debug": False}
+T = TypeVar("T")
+
+
+def run(fn: Callable[[], T]) -> T:
+    """Call the library; report a failure as one line on stderr with the right exit code."""
+    try:
+        return fn()
+    except ImveditError as e:
+        if state["debug"]:
+            raise
+        err_console.print(f"[bold red]Error:[/] {e}", markup=True, emoji=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("Interrupted; nothing partial was written.")
+        raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback unless asked
+        if state["debug"]:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err_console.print(
+            f"[bold red]Error:[/] unexpected {type(e).__name__}: {msg} (re-run with --debug for the traceback and report it)",
+            markup=True,
+            emoji=False,
+        )
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True):
+    """Yields a callback(done, total, **fields) that drives a rich progress bar on stderr."""
+    if not enabled or not err_console.is_terminal:
+        yield lambda *a, **k: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def update(done: int, total: int, info: str = "") -> None:
+            bar.update(task, completed=done, total=total, info=info)
+
+        yield update
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+    """Print the result: one JSON object on stdout with --json, else a short human line."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    else:
+        Console(highlight=False).print(human, markup=False)

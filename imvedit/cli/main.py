@@ -1,0 +1,42 @@
+"""`imvedit`: the command-line entry point. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from . import edit, eval, export, prepare, train
+from ._common import state
+
+app = typer.Typer(
+    name="imvedit",
+    help="Learn text-instructed video editing from image pairs (ImVideoEdit) on a frozen Wan base.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imvedit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    state["debug"] = debug
+
+
+app.command("prepare")(prepare.prepare)
+app.command("train")(train.train)
+app.command("edit")(edit.edit)
+app.command("eval")(eval.eval_)
+app.command("export")(export.export)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..data.pairs import PrepareConfig
+from ..data.pairs import prepare as run_prepare
+from ._common import emit, progress_bar, run
+
+
+def prepare(
+    source: str = typer.Argument(..., help="A folder of pairs with manifest.csv/.jsonl, a saved Hugging Face dataset, or parquet/arrow file(s)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The prepared folder to write."),
+    limit: int | None = typer.Option(None, "--limit", help="Keep at most N pairs."),
+    seed: int | None = typer.Option(None, "--seed", help="Shuffle with this seed before --limit."),
+    max_area: int = typer.Option(480 * 832, "--max-area", help="Downscale pairs larger than this many pixels."),
+    source_col: str | None = typer.Option(None, "--source-col", help="Column of the source image."),
+    target_col: str | None = typer.Option(None, "--target-col", help="Column of the edited image."),
+    instruction_col: str | None = typer.Option(None, "--instruction-col", help="Column of the instruction."),
+    caption_col: str | None = typer.Option(None, "--caption-col", help="Column of the edited image's description."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Turn an image-pair dataset into training input for `imvedit train`."""
+    columns = {k: v for k, v in {"source": source_col, "target": target_col, "instruction": instruction_col, "caption": caption_col}.items() if v}
+    config = PrepareConfig(source, output, limit, seed, max_area, overwrite=overwrite, columns=columns)
+    with progress_bar("prepare", not json_out) as bar:
+        summary = run(lambda: run_prepare(config, progress=bar))
+    emit(summary, json_out, f"Wrote {summary['kept']} pairs to {output} (dropped: {summary['dropped'] or 'none'}).")

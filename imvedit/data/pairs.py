@@ -1,0 +1,340 @@
+"""Image-pair datasets: read them from where users keep them, write the prepared folder, read it back.
+
+The prepared folder (format version 1), what `imvedit train` reads:
+
+    PAIRS_DIR/
+      manifest.jsonl    one pair per line: id, source, target (relative image paths), instruction,
+                        caption (the target's description, or null), width, height
+      images/           <id>_source.png, <id>_target.png, both resized to the same size (multiples of 16)
+      prepare.json      what was read, with which options, how many pairs were kept and dropped, and why
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .. import __version__
+from ..errors import UsageError
+
+FORMAT_VERSION = 1
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "metadata.jsonl", "metadata.csv")
+# Column names used by well-known edit datasets, tried in order when no mapping is given.
+COLUMN_ALIASES = {
+    "source": ("source", "source_image", "original_image", "source_img", "input_image"),
+    "target": ("target", "target_image", "edited_image", "target_img", "output_image"),
+    "instruction": ("instruction", "edit_prompt", "prompt", "edit_instruction"),
+    "caption": ("caption", "edited_prompt", "target_caption", "output_caption"),
+}
+SIZE_MULTIPLE = 16  # Wan's VAE stride (8) x patch size (2)
+
+
+@dataclass
+class PrepareConfig:
+    source: str  # a folder with a manifest (csv/jsonl), a saved Hugging Face dataset, or parquet/arrow file(s)
+    output: Path  # the prepared folder to write
+    limit: int | None = None  # keep at most this many pairs (after a seeded shuffle when seed is set)
+    seed: int | None = None  # shuffle the pairs with this seed before applying limit
+    max_area: int = 480 * 832  # pairs larger than this many pixels are downscaled, aspect kept
+    min_side: int = 16  # images with a side shorter than this are dropped
+    overwrite: bool = False  # replace an existing output folder
+    columns: dict[str, str] = field(default_factory=dict)  # explicit mapping, e.g. {"source": "before"}
+
+    def validate(self) -> None:
+        if not Path(self.source).exists():
+            raise UsageError(f"Dataset {self.source} does not exist.", "Give a folder with a manifest, a saved dataset or parquet files.")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.limit}.")
+        if self.max_area < SIZE_MULTIPLE * SIZE_MULTIPLE:
+            raise UsageError(f"--max-area must be at least {SIZE_MULTIPLE**2}, got {self.max_area}.")
+        out = Path(self.output)
+        if out.exists() and any(out.iterdir()) and not self.overwrite:
+            raise UsageError(f"Output folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder.")
+        if not out.parent.exists():
+            raise UsageError(f"Folder {out.parent} does not exist.", "Create it first.")
+
+
+def bucket_size(width: int, height: int, max_area: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The largest size with the same aspect, at most `max_area` pixels and no larger than the image,
+    with both sides multiples of `multiple`."""
+    scale = min(1.0, math.sqrt(max_area / (width * height)))
+    w = max(multiple, int(width * scale) // multiple * multiple)
+    h = max(multiple, int(height * scale) // multiple * multiple)
+    return w, h
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading sources
+# ---------------------------------------------------------------------------------------------------
+
+
+def _resolve_columns(names: list[str], explicit: dict[str, str]) -> dict[str, str]:
+    mapping = {}
+    for role, aliases in COLUMN_ALIASES.items():
+        if role in explicit:
+            if explicit[role] not in names:
+                raise UsageError(f"Column {explicit[role]!r} (for {role}) is not in the dataset.", f"Columns are: {', '.join(names)}.")
+            mapping[role] = explicit[role]
+            continue
+        found = next((a for a in aliases if a in names), None)
+        if found:
+            mapping[role] = found
+        elif role != "caption":
+            raise UsageError(
+                f"No {role} column found (looked for {', '.join(aliases)}).",
+                f"Name it with --{role}-col; columns are: {', '.join(names)}.",
+            )
+    return mapping
+
+
+def _rows_from_folder(root: Path) -> tuple[list[dict], Path]:
+    manifest = next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
+    if manifest is None:
+        return None, root
+    if manifest.suffix == ".csv":
+        with open(manifest, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = []
+        for i, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"{manifest}:{i} is not valid JSON ({e.msg}).", "Fix that line.") from e
+    return rows, root
+
+
+def _rows_from_hf(path: Path) -> list[dict]:
+    import datasets
+
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    else:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".arrow"))
+        if not files:
+            raise UsageError(
+                f"{path} holds no manifest (manifest.csv/.jsonl), saved dataset or parquet/arrow files.",
+                "See `imvedit prepare --help` for the accepted layouts.",
+            )
+        kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
+        ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    return ds
+
+
+def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
+    """Rows as dicts with keys source/target (PIL image or path), instruction, caption."""
+    path = Path(config.source)
+    rows, root = _rows_from_folder(path) if path.is_dir() else (None, path.parent)
+    if rows is not None:
+        names = list(rows[0].keys()) if rows else []
+        if not rows:
+            raise UsageError(f"The manifest in {path} has no rows.", "Add at least one pair.")
+        mapping = _resolve_columns(names, config.columns)
+        table = rows
+    else:
+        table = _rows_from_hf(path)
+        mapping = _resolve_columns(list(table.column_names), config.columns)
+        root = path if path.is_dir() else path.parent
+    order = list(range(len(table)))
+    if config.seed is not None:
+        random.Random(config.seed).shuffle(order)
+
+    def gen():
+        for i in order:
+            row = table[i]
+            yield {
+                "index": i,
+                "source": _image_ref(row[mapping["source"]], root),
+                "target": _image_ref(row[mapping["target"]], root),
+                "instruction": row[mapping["instruction"]],
+                "caption": row.get(mapping["caption"]) if "caption" in mapping else None,
+            }
+
+    return gen(), len(table), mapping
+
+
+def _image_ref(value, root: Path):
+    if isinstance(value, str):
+        p = (root / value).resolve()
+        if not p.is_relative_to(root.resolve()):
+            raise UsageError(f"Image path {value!r} points outside the dataset folder.", "Keep image paths inside the dataset folder.")
+        return p
+    if isinstance(value, dict) and value.get("bytes") is not None:  # datasets' Image feature, undecoded
+        return io.BytesIO(value["bytes"])
+    return value
+
+
+def _open_rgb(ref) -> Image.Image | None:
+    try:
+        if isinstance(ref, Image.Image):
+            return ref.convert("RGB")
+        with Image.open(ref) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing the prepared folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Validate, resize and write the pairs of `config.source` into `config.output`. Returns the summary."""
+    config.validate()
+    rows, total, mapping = iter_source(config)
+    out = Path(config.output)
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "images").mkdir(parents=True)
+    kept, dropped = 0, Counter()
+    with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+        for n, row in enumerate(rows, 1):
+            if config.limit is not None and kept >= config.limit:
+                break
+            reason = _write_pair(row, tmp, kept, config, manifest)
+            if reason:
+                dropped[reason] += 1
+            else:
+                kept += 1
+            if progress:
+                progress(n, total)
+    if kept == 0:
+        shutil.rmtree(tmp)
+        raise UsageError(f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).", "Check the images and instructions.")
+    summary = {
+        "format_version": FORMAT_VERSION,
+        "imvedit_version": __version__,
+        "source": str(config.source),
+        "columns": mapping,
+        "options": {k: v for k, v in asdict(config).items() if k not in ("source", "output")},
+        "kept": kept,
+        "dropped": dict(dropped),
+    }
+    (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return summary
+
+
+def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manifest) -> str | None:
+    """Write one pair; returns the reason it was dropped, or None."""
+    instruction = (row["instruction"] or "").strip() if isinstance(row["instruction"], str) else ""
+    if not instruction:
+        return "empty_instruction"
+    src, tgt = _open_rgb(row["source"]), _open_rgb(row["target"])
+    if src is None or tgt is None:
+        return "unreadable_image"
+    if min(src.size + tgt.size) < config.min_side:
+        return "too_small"
+    w, h = bucket_size(*src.size, config.max_area)
+    pid = f"{index:06d}"
+    names = {}
+    for role, im in (("source", src), ("target", tgt)):
+        name = f"images/{pid}_{role}.png"
+        im.resize((w, h), Image.Resampling.BICUBIC).save(root / name)
+        names[role] = name
+    caption = row.get("caption")
+    record = {
+        "id": pid,
+        **names,
+        "instruction": instruction,
+        "caption": caption.strip() if isinstance(caption, str) and caption.strip() else None,
+        "width": w,
+        "height": h,
+    }
+    manifest.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the prepared folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_pairs_manifest(pairs_dir: str | Path) -> list[dict]:
+    root = Path(pairs_dir)
+    manifest = root / "manifest.jsonl"
+    if not manifest.is_file():
+        raise UsageError(f"{root} is not a prepared pairs folder (no manifest.jsonl).", "Run `imvedit prepare SOURCE -o DIR` first.")
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise UsageError(f"{manifest} has no pairs.", "Run `imvedit prepare` again on a dataset with usable pairs.")
+    return rows
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """A prepared folder as (source, target) images in [-1, 1], shaped (3, 1, h, w): one-frame videos."""
+
+    def __init__(self, pairs_dir: str | Path):
+        self.root = Path(pairs_dir)
+        self.rows = load_pairs_manifest(self.root)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, rel: str) -> torch.Tensor:
+        with Image.open(self.root / rel) as im:
+            a = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(a).permute(2, 0, 1)[:, None]
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows[i]
+        return {
+            "source": self._load(r["source"]),
+            "target": self._load(r["target"]),
+            "instruction": r["instruction"],
+            "caption": r.get("caption") or r["instruction"],
+        }
+
+    def buckets(self) -> dict[tuple[int, int], list[int]]:
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(self.rows):
+            out.setdefault((r["width"], r["height"]), []).append(i)
+        return out
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of pairs of one size, in an order fixed by (seed, epoch)."""
+
+    def __init__(self, dataset: PairsDataset, batch_size: int, seed: int):
+        self.buckets = dataset.buckets()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        batches = []
+        for key in sorted(self.buckets):
+            idx = list(self.buckets[key])
+            rng.shuffle(idx)
+            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(v) / self.batch_size) for v in self.buckets.values())

@@ -1,0 +1,47 @@
+"""File-system helpers: every file imvedit produces appears whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UsageError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is renamed onto `dest`, on failure removed.
+
+    The temporary keeps `dest`'s extension (ffmpeg picks the container from it) and lives in the same
+    folder, so the final rename is atomic on every local file system.
+    """
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=suffix if suffix is not None else dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def check_output_path(output: str | Path, inputs: list[str | Path] = (), overwrite: bool = False) -> Path:
+    """Fail before any work when the output cannot or must not be written."""
+    out = Path(output)
+    for src in inputs:
+        if Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise UsageError(f"Output {out} is the input file.", "Write the result to another path.")
+    if out.is_dir():
+        raise UsageError(f"Output {out} is a directory.", "Give a file name, e.g. -o out.mp4.")
+    if out.exists() and not overwrite:
+        raise UsageError(f"Output {out} already exists.", "Pass --overwrite to replace it, or choose another path.")
+    if not out.parent.exists():
+        raise UsageError(f"Output folder {out.parent} does not exist.", "Create it first or choose another path.")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"Output folder {out.parent} is not writable.", "Choose a folder you can write to.")
+    return out

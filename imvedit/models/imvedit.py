@@ -1,0 +1,456 @@
+"""ImVideoEdit on a frozen diffusers `WanTransformer3DModel`: the whole method in one file.
+
+Reading order, smallest piece first:
+
+1. `SpatialDifferenceAttention` - the trainable per-frame block of one transformer block: the "pos" and
+   "neg" low-rank branches over the frozen 3D-attention projections, the aligned difference term and
+   the text-guided, timestep-aware gate. It returns the predicted difference and the gate.
+2. `ImVideoEditAdapter` - every trainable weight (and nothing else), with its switches as config.
+3. `SDAProcessor` - a diffusers attention processor for `attn1` that runs the block's own processor
+   unchanged and then *updates* the target tokens with `g * delta`.
+4. `ImVideoEditTransformer` - attaches an adapter to a base with processors and hooks (no forked
+   `forward`), runs the frozen source stream once (`encode_source`) and the edit stream (`forward`).
+
+Design notes live in docs/method.md; the decisions the paper leaves open are explained there.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin, WanTransformer3DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from torch import nn
+
+from ..errors import UsageError
+from .lora import LowRank
+
+BRANCH_MODES = ("pos_neg", "zero_out")
+GATE_MODES = ("text", "no_text", "none")
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding on (batch, tokens, heads, head_dim)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. The trainable block
+# ---------------------------------------------------------------------------------------------------
+
+
+class SpatialDifferenceAttention(nn.Module):
+    """Predict-update for one transformer block, run per frame.
+
+    *Predict*: queries from the target tokens of frame f; keys and values from that frame's source
+    tokens next to the target tokens themselves (2 * h * w keys), with first-frame (2D) rotary positions
+    so a source and a target token at the same (h, w) share a position. The frozen projections and q/k
+    norms are the block's own (passed in, never copied); each branch adds its low-rank updates. With
+    `pos_neg` the neg branch is subtracted, so at initialisation the two cancel exactly.
+    The aligned term maps `LN(S_f) - LN(X_f)` token by token through a zero-initialised low-rank map.
+    *Gate*: a per-token g in (0, 1) from the normalised token and the pooled instruction, modulated by
+    the timestep embedding.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        rank: int,
+        branches: str,
+        aligned_difference: bool,
+        aligned_rank: int,
+        gate: str,
+        gate_dim: int,
+    ):
+        super().__init__()
+        self.gate_mode = gate
+        names = ("pos", "neg") if branches == "pos_neg" else ("delta",)
+        self.branches = nn.ModuleDict(
+            {n: nn.ModuleDict({p: LowRank(dim, dim, rank) for p in ("q", "k", "v", "o")}) for n in names}
+        )
+        self.aligned = LowRank(dim, dim, aligned_rank) if aligned_difference else None
+        if gate != "none":
+            self.gate_token = nn.Linear(dim, gate_dim)
+            self.gate_time = nn.Linear(dim, 2 * gate_dim)
+            self.gate_out = nn.Linear(gate_dim, 1)
+            # g = sigmoid(0) = 0.5 everywhere at the start; the weights learn where the edit applies.
+            nn.init.zeros_(self.gate_out.weight)
+            nn.init.zeros_(self.gate_out.bias)
+            nn.init.zeros_(self.gate_time.weight)
+            nn.init.zeros_(self.gate_time.bias)
+
+    def gate(self, x_ln: torch.Tensor, temb: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """Per-token gate (batch, tokens, 1). `temb` is (batch, dim) or per token (batch, tokens, dim)."""
+        if self.gate_mode == "none":
+            return x_ln.new_ones(x_ln.shape[:-1] + (1,))
+        h = self.gate_token(x_ln)
+        if self.gate_mode == "text" and text is not None:
+            h = h + text[:, None, :]
+        scale, shift = self.gate_time(F.silu(temb)).chunk(2, dim=-1)
+        if temb.ndim == 2:
+            scale, shift = scale[:, None], shift[:, None]
+        h = h * (1 + scale) + shift
+        return torch.sigmoid(self.gate_out(F.silu(h)))
+
+    def attend(self, attn, branch, x_mod, frozen, src, grid, rope2d) -> torch.Tensor:
+        """One branch's per-frame attention; returns (batch, tokens, inner) before the output projection."""
+        b, n, _ = x_mod.shape
+        f, h, w = grid
+        hw = h * w
+        s_mod = src["mod"]
+        q = attn.norm_q(frozen["q"] + branch["q"](x_mod))
+        k_x = frozen["k"] + branch["k"](x_mod)
+        v_x = frozen["v"] + branch["v"](x_mod)
+        k_s = src["k"] + branch["k"](s_mod)
+        v_s = src["v"] + branch["v"](s_mod)
+
+        def per_frame(t):  # (b, f*hw, inner) -> (b*f, hw, heads, head_dim)
+            return t.reshape(b * f, hw, attn.heads, -1)
+
+        k = attn.norm_k(torch.cat([per_frame(k_s).flatten(2), per_frame(k_x).flatten(2)], dim=1))
+        k = k.unflatten(2, (attn.heads, -1))
+        v = torch.cat([per_frame(v_s), per_frame(v_x)], dim=1)
+        q = per_frame(q)
+        cos, sin = rope2d
+        q = _rope(q, cos, sin)
+        k = _rope(k, torch.cat([cos, cos], dim=1), torch.cat([sin, sin], dim=1))
+        out = dispatch_attention_fn(q, k, v)  # (b*f, hw, heads, head_dim)
+        return out.flatten(2, 3).type_as(x_mod).reshape(b, n, -1)
+
+    def forward(self, attn, x_mod, frozen, src, x_ln, grid, rope2d, temb, text):
+        """Returns (delta, g): the predicted spatial difference (batch, tokens, dim) and the gate."""
+        w_out = attn.to_out[0].weight
+        if "pos" in self.branches:
+            a_pos = self.attend(attn, self.branches["pos"], x_mod, frozen, src, grid, rope2d)
+            a_neg = self.attend(attn, self.branches["neg"], x_mod, frozen, src, grid, rope2d)
+            # The frozen output projection is linear: one matmul on the difference, and its bias cancels.
+            delta = F.linear(a_pos - a_neg, w_out) + self.branches["pos"]["o"](a_pos) - self.branches["neg"]["o"](a_neg)
+        else:
+            a = self.attend(attn, self.branches["delta"], x_mod, frozen, src, grid, rope2d)
+            delta = self.branches["delta"]["o"](a)
+        if self.aligned is not None:
+            delta = delta + self.aligned(src["ln"] - x_ln)
+        return delta, self.gate(x_ln, temb, text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. The adapter: every trainable weight, its switches as config
+# ---------------------------------------------------------------------------------------------------
+
+
+class ImVideoEditAdapter(ModelMixin, ConfigMixin):
+    """The trainable part of ImVideoEdit. The constructor is the config (saved beside the weights).
+
+    Build it for a base with `ImVideoEditAdapter.for_base(transformer, **switches)`.
+    """
+
+    config_name = "adapter_config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        text_dim: int,
+        ffn_dim: int,
+        rank: int = 32,  # rank of each branch's low-rank q/k/v/o updates
+        branches: str = "pos_neg",  # "pos_neg": difference of two attentions; "zero_out": one branch, zero-init out
+        aligned_difference: bool = True,  # low-rank map of LN(source) - LN(target), token by token
+        aligned_rank: int = 32,  # rank of that map
+        every_k_blocks: int = 1,  # SDA in blocks 0, k, 2k, ...
+        gate: str = "text",  # "text": token + instruction + timestep; "no_text": token + timestep; "none": g = 1
+        gate_dim: int = 64,  # width of the gate network; the instruction is projected to it once, shared
+        ffn_lora: bool = False,  # low-rank updates on each block's feed-forward too
+        ffn_rank: int = 32,  # rank of those updates
+    ):
+        super().__init__()
+        self.validate()
+        self.sda = nn.ModuleDict(
+            {
+                str(i): SpatialDifferenceAttention(dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim)
+                for i in self.sda_layers
+            }
+        )
+        self.gate_text = nn.Linear(text_dim, gate_dim) if gate == "text" else None
+        self.ffn = (
+            nn.ModuleDict(
+                {
+                    str(i): nn.ModuleDict({"in": LowRank(dim, ffn_dim, ffn_rank), "out": LowRank(ffn_dim, dim, ffn_rank)})
+                    for i in range(num_layers)
+                }
+            )
+            if ffn_lora
+            else None
+        )
+
+    def validate(self) -> None:
+        c = self.config
+        if c.branches not in BRANCH_MODES:
+            raise UsageError(f"Unknown branches {c.branches!r}.", f"Use one of {', '.join(BRANCH_MODES)}.")
+        if c.gate not in GATE_MODES:
+            raise UsageError(f"Unknown gate {c.gate!r}.", f"Use one of {', '.join(GATE_MODES)}.")
+        for name in ("rank", "aligned_rank", "gate_dim", "ffn_rank", "every_k_blocks", "num_layers"):
+            if getattr(c, name) < 1:
+                raise UsageError(f"Adapter option {name} must be at least 1, got {getattr(c, name)}.")
+
+    @classmethod
+    def config_switches(cls) -> tuple[str, ...]:
+        """The options a user may set; the rest of the config is read off the base."""
+        return tuple(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "num_layers", "dim", "text_dim", "ffn_dim"))
+
+    @property
+    def sda_layers(self) -> list[int]:
+        return list(range(0, self.config.num_layers, self.config.every_k_blocks))
+
+    @classmethod
+    def for_base(cls, transformer: WanTransformer3DModel, **switches) -> ImVideoEditAdapter:
+        c = transformer.config
+        return cls(
+            num_layers=c.num_layers,
+            dim=c.num_attention_heads * c.attention_head_dim,
+            text_dim=c.text_dim,
+            ffn_dim=c.ffn_dim,
+            **switches,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. The processor and the state one forward pass shares between hooks and processors
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceFeatures:
+    """The frozen source stream's per-block tokens, computed once per video and reused for every step,
+    guidance branch and prompt. `blocks[i]` holds `mod` (attn1's input), `k`/`v` (the frozen key/value
+    projections of it, before norm) and `ln` (the layer-normed block input)."""
+
+    blocks: dict[int, dict[str, torch.Tensor]]
+    grid: tuple[int, int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(next(iter(self.blocks.values())).values())).shape[0]
+
+    def repeat(self, n: int) -> SourceFeatures:
+        """The same source for n stacked guidance branches (a view when the batch is 1)."""
+
+        def rep(t):
+            return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t.repeat(n, 1, 1)
+
+        return SourceFeatures({i: {k: rep(t) for k, t in d.items()} for i, d in self.blocks.items()}, self.grid)
+
+    @staticmethod
+    def cat(items: list[SourceFeatures]) -> SourceFeatures:
+        first = items[0]
+        return SourceFeatures(
+            {i: {k: torch.cat([it.blocks[i][k] for it in items]) for k in d} for i, d in first.blocks.items()},
+            first.grid,
+        )
+
+
+@dataclass
+class _PassState:
+    """What one base forward needs to share with the processors; set by `ImVideoEditTransformer`."""
+
+    mode: str = "plain"  # "plain": the base alone; "record": source stream; "edit": target stream
+    grid: tuple[int, int, int] | None = None
+    temb: torch.Tensor | None = None
+    gate_text: torch.Tensor | None = None
+    source: SourceFeatures | None = None
+    recording: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    gates: list[torch.Tensor] = field(default_factory=list)
+    collect_gates: bool = False
+
+
+class SDAProcessor:
+    """Wraps a block's own self-attention processor: the 3D attention runs exactly as in the base; in
+    "edit" mode the target tokens are then updated with `g * delta` (inside the block's attention
+    residual, so Wan's timestep gate on attention applies to both)."""
+
+    def __init__(self, inner, index: int, sda: SpatialDifferenceAttention, state: _PassState):
+        self.inner = inner
+        self.index = index
+        self.sda = sda
+        self.state = state
+        self.frozen: dict[str, torch.Tensor] = {}  # to_q/k/v outputs of this call, stashed by hooks
+        self.block_input: torch.Tensor | None = None  # stashed by the block's pre-hook
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        st = self.state
+        self.frozen.clear()
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
+        if st.mode == "plain":
+            return out
+        for name, proj in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v)):
+            if name not in self.frozen:  # fused projections bypass the hooks: compute what is missing
+                self.frozen[name] = proj(hidden_states)
+        x_ln = F.layer_norm(self.block_input.float(), self.block_input.shape[-1:]).type_as(hidden_states)
+        if st.mode == "record":
+            st.recording[self.index] = {"mod": hidden_states, "k": self.frozen["k"], "v": self.frozen["v"], "ln": x_ln}
+            return out
+        f, h, w = st.grid
+        cos, sin = rotary_emb
+        rope2d = (cos[:, : h * w], sin[:, : h * w])  # frame 0's positions, for every frame
+        dtype = next(self.sda.parameters()).dtype
+        cast = lambda t: t.to(dtype)  # noqa: E731 - the adapter may run in a wider dtype than the base
+        src = {k: cast(t) for k, t in st.source.blocks[self.index].items()}
+        delta, g = self.sda(
+            attn,
+            cast(hidden_states),
+            {k: cast(t) for k, t in self.frozen.items()},
+            src,
+            cast(x_ln),
+            st.grid,
+            rope2d,
+            cast(st.temb),
+            None if st.gate_text is None else cast(st.gate_text),
+        )
+        if st.collect_gates:
+            st.gates.append(g.detach().float())
+        self.frozen.clear()
+        return out + (g * delta).type_as(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Base + adapter
+# ---------------------------------------------------------------------------------------------------
+
+
+class ImVideoEditTransformer(nn.Module):
+    """A frozen `WanTransformer3DModel` with an `ImVideoEditAdapter` attached through processors and hooks.
+
+    `encode_source(latents, empty_text)` runs the frozen source stream once; `forward(latents, t, text,
+    source, gate_text)` predicts the flow velocity of the edited video. Without a source it is the base.
+    """
+
+    def __init__(self, base: WanTransformer3DModel, adapter: ImVideoEditAdapter):
+        super().__init__()
+        if adapter.config.num_layers != base.config.num_layers or adapter.config.dim != base.config.num_attention_heads * base.config.attention_head_dim:
+            raise UsageError(
+                "The adapter was built for a base of another size.",
+                "Use the base it was trained on (see `imvedit export --inspect`).",
+            )
+        self.base = base
+        self.adapter = adapter
+        base.requires_grad_(False)
+        self.state = _PassState()
+        self._handles = []
+        self._processors: dict[int, SDAProcessor] = {}
+        self._handles.append(base.register_forward_pre_hook(self._on_base_input, with_kwargs=True))
+        self._handles.append(base.condition_embedder.register_forward_hook(self._on_condition))
+        for i in adapter.sda_layers:
+            block = base.blocks[i]
+            proc = SDAProcessor(block.attn1.processor, i, adapter.sda[str(i)], self.state)
+            self._processors[i] = proc
+            block.attn1.set_processor(proc)
+            self._handles.append(block.register_forward_pre_hook(self._stash_block_input(proc)))
+            for name in ("q", "k", "v"):
+                proj = getattr(block.attn1, f"to_{name}")
+                self._handles.append(proj.register_forward_hook(self._stash_projection(proc, name)))
+        if adapter.ffn is not None:
+            for i, block in enumerate(base.blocks):
+                lora = adapter.ffn[str(i)]
+                self._handles.append(block.ffn.net[0].proj.register_forward_hook(self._add_ffn_lora(lora["in"])))
+                self._handles.append(block.ffn.net[2].register_forward_hook(self._add_ffn_lora(lora["out"])))
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _on_base_input(self, module, args, kwargs):
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        p_t, p_h, p_w = module.config.patch_size
+        _, _, f, h, w = hidden_states.shape
+        self.state.grid = (f // p_t, h // p_h, w // p_w)
+
+    def _on_condition(self, module, args, output):
+        self.state.temb = output[0]  # (batch, dim), or (batch, tokens, dim) with per-token timesteps
+
+    @staticmethod
+    def _stash_block_input(proc: SDAProcessor):
+        def hook(module, args):
+            proc.block_input = args[0]
+
+        return hook
+
+    @staticmethod
+    def _stash_projection(proc: SDAProcessor, name: str):
+        def hook(module, args, output):
+            proc.frozen[name] = output
+
+        return hook
+
+    def _add_ffn_lora(self, lora: LowRank):
+        def hook(module, args, output):
+            if self.state.mode != "edit":
+                return output
+            x = args[0]
+            return output + lora(x.to(lora.up.weight.dtype)).type_as(output)
+
+        return hook
+
+    def detach(self) -> WanTransformer3DModel:
+        """Remove every hook and processor; returns the untouched base."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for i, proc in self._processors.items():
+            self.base.blocks[i].attn1.set_processor(proc.inner)
+        self._processors.clear()
+        return self.base
+
+    # -- the two streams --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_source(self, source_latents: torch.Tensor, empty_text: torch.Tensor) -> SourceFeatures:
+        """The frozen source stream: the clean source at timestep 0 with the empty prompt, once."""
+        st = self.state
+        st.mode, st.recording = "record", {}
+        try:
+            t0 = torch.zeros(source_latents.shape[0], device=source_latents.device)
+            self.base(source_latents, t0, empty_text.expand(source_latents.shape[0], -1, -1), return_dict=False)
+            return SourceFeatures(dict(st.recording), st.grid)
+        finally:
+            st.mode, st.recording = "plain", {}
+
+    def pool_gate_text(self, text: torch.Tensor) -> torch.Tensor | None:
+        """Project pooled instruction embeddings (batch, text_dim) once for every block's gate."""
+        if self.adapter.gate_text is None:
+            return None
+        return self.adapter.gate_text(text.to(self.adapter.gate_text.weight.dtype))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        source: SourceFeatures | None = None,
+        gate_text: torch.Tensor | None = None,
+        collect_gates: bool = False,
+    ) -> torch.Tensor:
+        """Velocity prediction for `latents` (batch, c, f, h, w). `gate_text`: pooled embeddings (batch, text_dim)."""
+        st = self.state
+        if source is not None:
+            if source.batch_size != latents.shape[0]:
+                raise ValueError(f"source batch {source.batch_size} != latents batch {latents.shape[0]}")
+        st.mode = "plain" if source is None else "edit"
+        st.source = source
+        st.gate_text = None if (source is None or gate_text is None) else self.pool_gate_text(gate_text)
+        st.collect_gates = collect_gates
+        st.gates = []
+        try:
+            return self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        finally:
+            st.mode, st.source, st.gate_text, st.temb = "plain", None, None, None
+
+    def last_gate_map(self) -> torch.Tensor | None:
+        """The gate of the last forward with `collect_gates`, averaged over blocks: (batch, f, h, w)."""
+        if not self.state.gates:
+            return None
+        f, h, w = self.state.grid
+        g = torch.stack(self.state.gates).mean(0)[..., 0]
+        return g.reshape(g.shape[0], f, h, w)

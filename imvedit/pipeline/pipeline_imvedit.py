@@ -1,0 +1,213 @@
+"""`ImVideoEditPipeline`: edit a video (or an image) with a frozen Wan base and an ImVideoEdit adapter.
+
+Inference only, one `__call__`, in the shape of diffusers' `WanPipeline`. The steps:
+1. encode the prompt (cross-attention), the gate prompt (pooled, for the gate) and the empty prompt;
+2. encode the source video with the VAE;
+3. run the frozen source stream once (its features serve every step and guidance branch);
+4. prepare timesteps and the starting latents (pure noise, or the noised source when strength < 1);
+5. denoise with classifier-free guidance on the prompt (and optionally on the source);
+6. decode, and return the frames and the averaged gate map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, DiffusionPipeline, WanTransformer3DModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from ..errors import UsageError
+from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+
+
+@dataclass
+class ImVideoEditPipelineOutput(BaseOutput):
+    frames: np.ndarray  # (frames, height, width, 3), float in [0, 1]
+    gate: np.ndarray | None  # (frames, height, width) in [0, 1]: where the edit applied; None without adapter
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], max_sequence_length: int = 226):
+    """UMT5 embeddings zero-padded past each prompt's length (as Wan was trained), and their masked means."""
+    inputs = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    device = text_encoder.device
+    mask = inputs.attention_mask.to(device)
+    embeds = text_encoder(inputs.input_ids.to(device), mask).last_hidden_state
+    embeds = embeds * mask[..., None].to(embeds.dtype)
+    pooled = embeds.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(embeds.dtype)
+    return embeds, pooled
+
+
+def normalize_latents(vae: AutoencoderKLWan, z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+    return z * std + mean if inverse else (z - mean) / std
+
+
+def video_to_tensor(video) -> torch.Tensor:
+    """(frames, h, w, 3) uint8 / float [0, 1] array or tensor, or a list of PIL images -> (1, 3, f, h, w) in [-1, 1]."""
+    if isinstance(video, list):
+        video = np.stack([np.asarray(im.convert("RGB")) for im in video])
+    t = torch.as_tensor(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise UsageError(f"Expected frames shaped (frames, height, width, 3), got {tuple(t.shape)}.")
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    return (t.permute(3, 0, 1, 2)[None] * 2 - 1).contiguous()
+
+
+class ImVideoEditPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["adapter"]
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: UMT5EncoderModel,
+        vae: AutoencoderKLWan,
+        scheduler,
+        transformer: WanTransformer3DModel,
+        adapter: ImVideoEditAdapter | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer, adapter=adapter
+        )
+        self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (VAE stride x patch size)."""
+        return self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+
+    def check_inputs(self, video: torch.Tensor, prompt: str, strength: float, num_inference_steps: int) -> None:
+        _, _, _, h, w = video.shape
+        m = self.size_multiple
+        if h % m or w % m:
+            raise UsageError(f"Frames are {w}x{h}; this base needs multiples of {m}.", "Resize the frames first (`imvedit edit` does it for you).")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError("The prompt is empty.", "Say what the edit should do, e.g. \"make it winter\".")
+        if not 0.0 < strength <= 1.0:
+            raise UsageError(f"strength must be in (0, 1], got {strength}.")
+        if num_inference_steps < 1:
+            raise UsageError(f"steps must be at least 1, got {num_inference_steps}.")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video,
+        prompt: str,
+        negative_prompt: str = "",
+        gate_prompt: str | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        source_guidance_scale: float = 1.0,
+        strength: float = 1.0,
+        generator: torch.Generator | None = None,
+        max_sequence_length: int = 226,
+        callback_on_step_end=None,
+    ) -> ImVideoEditPipelineOutput:
+        device = self._execution_device
+        x = video_to_tensor(video)
+        self.check_inputs(x, prompt, strength, num_inference_steps)
+        num_frames = x.shape[2]
+        # Wan's VAE wants 4k+1 frames: pad with the last frame, trim after decoding.
+        pad = (-(num_frames - 1)) % self.vae_scale_factor_temporal
+        if pad:
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+        dtype = self.transformer.dtype
+
+        # 1. Text
+        texts = [prompt, gate_prompt or prompt, "", negative_prompt]
+        embeds, pooled = encode_text(self.tokenizer, self.text_encoder, texts, max_sequence_length)
+        embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
+        cond, gate_cond, empty, negative = embeds[0:1], pooled[1:2], embeds[2:3], embeds[3:4]
+        gate_empty = pooled[2:3]
+
+        # 2. Source latents
+        vae_dtype = self.vae.dtype
+        source = self.vae.encode(x.to(device, vae_dtype)).latent_dist.mode()
+        source = normalize_latents(self.vae, source).to(dtype)
+
+        # 3. The frozen source stream, once per call
+        model = ImVideoEditTransformer(self.transformer, self.adapter) if self.adapter is not None else None
+        try:
+            features = model.encode_source(source, empty) if model is not None else None
+            use_source_cfg = model is not None and source_guidance_scale != 1.0
+            null_features = model.encode_source(torch.zeros_like(source), empty) if use_source_cfg else None
+
+            # 4. Timesteps and starting latents
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            timesteps = self.scheduler.timesteps
+            start = min(int(round(num_inference_steps * (1.0 - strength))), num_inference_steps - 1)
+            timesteps = timesteps[start:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(start)
+            noise = randn_tensor(source.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+            noise = noise.to(device, dtype)
+            if strength < 1.0:
+                sigma = self.scheduler.sigmas[start].to(device, dtype)
+                latents = (1 - sigma) * source + sigma * noise
+            else:
+                latents = noise
+
+            # 5. Denoise. Branches: (prompt, source), (negative, source) [, (negative, no source)]
+            do_cfg = guidance_scale != 1.0 or use_source_cfg
+            text = torch.cat([cond, negative] + ([negative] if use_source_cfg else [])) if do_cfg else cond
+            gate_text = torch.cat([gate_cond, gate_empty] + ([gate_empty] if use_source_cfg else [])) if do_cfg else gate_cond
+            n_branches = text.shape[0]
+            if features is not None:
+                branch_features = (
+                    features.repeat(n_branches)
+                    if not use_source_cfg
+                    else type(features).cat([features.repeat(2), null_features])
+                )
+            gate_sum, gate_count = None, 0
+            for i, t in enumerate(timesteps):
+                latent_in = latents.expand(n_branches, -1, -1, -1, -1)
+                t_in = t.expand(n_branches).to(device)
+                if model is not None:
+                    pred = model(latent_in, t_in, text, branch_features, gate_text, collect_gates=True)
+                    g = model.last_gate_map()[0:1]
+                    gate_sum = g if gate_sum is None else gate_sum + g
+                    gate_count += 1
+                else:
+                    pred = self.transformer(latent_in, t_in, text, return_dict=False)[0]
+                if do_cfg:
+                    if use_source_cfg:
+                        full, img, none = pred.chunk(3)
+                        pred = none + source_guidance_scale * (img - none) + guidance_scale * (full - img)
+                    else:
+                        full, uncond = pred.chunk(2)
+                        pred = uncond + guidance_scale * (full - uncond)
+                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, i, t, {"latents": latents})
+        finally:
+            if model is not None:
+                model.detach()
+
+        # 6. Decode
+        z = normalize_latents(self.vae, latents.to(vae_dtype), inverse=True)
+        frames = self.vae.decode(z, return_dict=False)[0]
+        frames = ((frames[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)[:num_frames]
+        gate = None
+        if gate_sum is not None:
+            g = (gate_sum / gate_count)[:, None].float()  # (1, 1, f', h', w')
+            g = F.interpolate(g, size=(x.shape[2], x.shape[3], x.shape[4]), mode="trilinear", align_corners=False)
+            gate = g[0, 0, :num_frames].cpu().numpy()
+        return ImVideoEditPipelineOutput(frames=frames.cpu().numpy(), gate=gate)

@@ -1,0 +1,55 @@
+"""The training objective, written out in full: flow matching as Wan trains it, on one-frame videos.
+
+Noise the target latents at a sampled sigma, `x_t = (1 - sigma) * x0 + sigma * noise`, and regress the
+velocity `noise - x0`. The instruction is dropped with probability `text_dropout` (for text guidance)
+and the source with `source_dropout` (for source guidance, as InstructPix2Pix does): a dropped source
+is the all-zero latent, the same "no source" that the pipeline's source guidance uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.imvedit import ImVideoEditTransformer
+
+
+def sample_sigmas(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform u in (0, 1) shifted towards high noise as Wan's scheduler is: shift*u / (1 + (shift-1)*u)."""
+    u = torch.rand(batch, generator=generator)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def flow_matching_loss(
+    model: ImVideoEditTransformer,
+    source_latents: torch.Tensor,
+    target_latents: torch.Tensor,
+    text: torch.Tensor,
+    gate_text: torch.Tensor,
+    empty_text: torch.Tensor,
+    empty_gate_text: torch.Tensor,
+    generator: torch.Generator,
+    text_dropout: float = 0.1,
+    source_dropout: float = 0.05,
+    shift: float = 3.0,
+    forward=None,
+) -> torch.Tensor:
+    """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
+    gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call."""
+    b = target_latents.shape[0]
+    device, dtype = target_latents.device, target_latents.dtype
+    # All random draws come from one CPU generator so a run is reproducible on any device.
+    drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
+    drop_source = (torch.rand(b, generator=generator) < source_dropout).to(device)
+    sigma = sample_sigmas(b, shift, generator).to(device, dtype)
+    noise = torch.randn(target_latents.shape, generator=generator).to(device, dtype)
+
+    text = torch.where(drop_text[:, None, None], empty_text.expand_as(text), text)
+    gate_text = torch.where(drop_text[:, None], empty_gate_text.expand_as(gate_text), gate_text)
+    source_latents = torch.where(drop_source[:, None, None, None, None], torch.zeros_like(source_latents), source_latents)
+
+    features = model.encode_source(source_latents, empty_text)  # frozen, no gradient
+    s = sigma.view(b, 1, 1, 1, 1)
+    noisy = (1 - s) * target_latents + s * noise
+    pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text)
+    return F.mse_loss(pred.float(), (noise - target_latents).float())

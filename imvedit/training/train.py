@@ -1,0 +1,180 @@
+"""`imvedit train`: fit an ImVideoEdit adapter on prepared image pairs; the base stays frozen.
+
+A loop to read top to bottom: load the base, build the adapter, then for each batch encode the pair
+with the frozen VAE and text encoder, take one flow-matching step on the adapter alone, and at the end
+write the adapter file, the resolved config and a summary into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..data.pairs import BucketBatchSampler, PairsDataset
+from ..errors import UsageError
+from ..models.adapter_file import save_adapter
+from ..models.bases import load_base
+from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
+from .flow_matching import flow_matching_loss
+
+TEXT_CHOICES = ("instruction", "description")
+
+
+@dataclass
+class TrainConfig:
+    pairs_dir: Path  # a folder written by `imvedit prepare`
+    output: Path  # the run folder: adapter.safetensors, config.yaml, log.jsonl, summary.json
+    model: str = "tiny-random"  # the frozen base: a diffusers-format Wan folder, a hub id or a builtin name
+    epochs: int = 5  # passes over the pairs (the paper trains 5)
+    max_steps: int | None = None  # stop after this many optimiser steps, whatever the epochs
+    batch_size: int = 1  # pairs per step (pairs of one size are batched together)
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    seed: int = 0  # fixes the adapter's init, the data order, noise, sigmas and dropout
+    text_dropout: float = 0.1  # probability of training a pair with the empty prompt (text guidance)
+    source_dropout: float = 0.05  # probability of training a pair without its source (source guidance)
+    flow_shift: float = 3.0  # sigma sampling shift, as Wan's scheduler
+    cross_attention_text: str = "instruction"  # which text feeds the base's cross-attention
+    gate_text: str = "instruction"  # which text feeds the gate ("description" = the pair's caption)
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
+    gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
+    overwrite: bool = False  # replace an existing run folder
+    adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
+
+    def validate(self) -> None:
+        if not Path(self.pairs_dir).is_dir():
+            raise UsageError(f"Pairs folder {self.pairs_dir} does not exist.", "Run `imvedit prepare SOURCE -o DIR` first.")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps}.")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}.")
+        for name in ("text_dropout", "source_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("cross_attention_text", "gate_text"):
+            if getattr(self, name) not in TEXT_CHOICES:
+                raise UsageError(f"{name} must be one of {', '.join(TEXT_CHOICES)}, got {getattr(self, name)!r}.")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UsageError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}.")
+        unknown = set(self.adapter) - set(ImVideoEditAdapter.config_switches())
+        if unknown:
+            raise UsageError(
+                f"Unknown adapter option(s): {', '.join(sorted(unknown))}.",
+                f"Known: {', '.join(ImVideoEditAdapter.config_switches())}.",
+            )
+        out = Path(self.output)
+        if out.exists() and any(out.iterdir()) and not self.overwrite:
+            raise UsageError(f"Run folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pairs_dir"], d["output"] = str(self.pairs_dir), str(self.output)
+        return d
+
+
+def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train and write the run folder. `progress(step, total_steps, loss)` is called after each step."""
+    from accelerate import Accelerator
+
+    config.validate()
+    dataset = PairsDataset(config.pairs_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+
+    # 1. The frozen base and a fresh adapter (its init is fixed by the seed)
+    base = load_base(config.model)
+    for m in (base.transformer, base.vae, base.text_encoder):
+        m.to(device)
+    torch.manual_seed(config.seed)
+    adapter = ImVideoEditAdapter.for_base(base.transformer, **config.adapter)
+    model = ImVideoEditTransformer(base.transformer, adapter)
+    if config.gradient_checkpointing:
+        base.transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sampler = BucketBatchSampler(dataset, config.batch_size, config.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    steps_per_epoch = len(sampler)
+    total = config.max_steps or steps_per_epoch * config.epochs
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+
+    with torch.no_grad():
+        empty_text, empty_gate = encode_text(base.tokenizer, base.text_encoder, [""])
+
+    # 2. The loop
+    out = Path(config.output)
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, start, losses = 0, time.time(), []
+    with open(tmp / "log.jsonl", "w") as log:
+        for epoch in range(math.ceil(total / steps_per_epoch)):
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                if step >= total:
+                    break
+                with torch.no_grad():
+                    latents = _encode_images(base.vae, torch.cat([batch["source"], batch["target"]]).to(device))
+                    source, target = latents.chunk(2)
+                    xattn = batch["instruction"] if config.cross_attention_text == "instruction" else batch["caption"]
+                    gtext = batch["instruction"] if config.gate_text == "instruction" else batch["caption"]
+                    text, _ = encode_text(base.tokenizer, base.text_encoder, list(xattn))
+                    _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, list(gtext))
+                with accelerator.autocast():
+                    loss = flow_matching_loss(
+                        model, source, target, text, gate_pooled, empty_text, empty_gate, generator,
+                        config.text_dropout, config.source_dropout, config.flow_shift, forward=ddp_model,
+                    )
+                if not torch.isfinite(loss):
+                    raise UsageError(f"The loss became {loss.item()} at step {step + 1}.", "Lower --lr or use --mixed-precision no.")
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                losses.append(loss.item())
+                log.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}) + "\n")
+                if progress:
+                    progress(step, total, losses[-1])
+
+    # 3. The run folder
+    seconds = time.time() - start
+    summary = {
+        "imvedit_version": __version__,
+        "steps": step,
+        "pairs": len(dataset),
+        "pairs_seen": step * config.batch_size,
+        "seconds": round(seconds, 3),
+        "final_loss": losses[-1],
+        "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+        "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
+        "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
+    }
+    model.detach()
+    save_adapter(adapter, tmp / "adapter.safetensors", base.identity, training={**summary, "config": config.to_dict()})
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return summary
+
+
+def _encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """(batch, 3, 1, h, w) in [-1, 1] -> normalised latents (batch, z, 1, h/8, w/8)."""
+    z = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    return normalize_latents(vae, z)
