@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.pairs import bucket_size
 from .errors import UsageError
 from .fsutil import check_output_path
 from .models.adapter_file import check_base, load_adapter, read_adapter_metadata
@@ -54,10 +53,16 @@ class EditConfig:
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
         if self.model is None and self.adapter is None:
-            raise UsageError("No model given.", "Pass --model (a diffusers Wan folder, a hub id or 'tiny-random') and --adapter.")
-        if Path(self.input).suffix.lower() != Path(self.output).suffix.lower() and is_image(self.input) != is_image(self.output):
+            raise UsageError(
+                "No model given.", "Pass --model (a diffusers Wan folder, a hub id or 'tiny-random') and --adapter."
+            )
+        if Path(self.input).suffix.lower() != Path(self.output).suffix.lower() and is_image(self.input) != is_image(
+            self.output
+        ):
             kind = "an image" if is_image(self.input) else "a video"
-            raise UsageError(f"The input is {kind}; the output {self.output} is not.", "Give the output a matching extension.")
+            raise UsageError(
+                f"The input is {kind}; the output {self.output} is not.", "Give the output a matching extension."
+            )
         check_output_path(self.output, [self.input], self.overwrite)
         if self.save_mask is not None:
             check_output_path(self.save_mask, [self.input, self.output], self.overwrite)

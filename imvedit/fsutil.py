@@ -19,7 +19,9 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     folder, so the final rename is atomic on every local file system.
     """
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=suffix if suffix is not None else dest.suffix, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{dest.stem}.", suffix=suffix if suffix is not None else dest.suffix, dir=dest.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

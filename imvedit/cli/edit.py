@@ -28,8 +28,20 @@ def edit(
 ) -> None:
     """Edit a video or an image with a text prompt."""
     config = EditConfig(
-        input, prompt, output, model, adapter, steps, guidance, source_guidance, strength, seed, negative_prompt,
-        max_area=max_area, overwrite=overwrite, save_mask=save_mask,
+        input,
+        prompt,
+        output,
+        model,
+        adapter,
+        steps,
+        guidance,
+        source_guidance,
+        strength,
+        seed,
+        negative_prompt,
+        max_area=max_area,
+        overwrite=overwrite,
+        save_mask=save_mask,
     )
     with progress_bar("edit", not json_out) as bar:
         result = run(lambda: run_edit(config, progress=bar))

@@ -10,7 +10,9 @@ from ._common import emit, progress_bar, run
 
 
 def prepare(
-    source: str = typer.Argument(..., help="A folder of pairs with manifest.csv/.jsonl, a saved Hugging Face dataset, or parquet/arrow file(s)."),
+    source: str = typer.Argument(
+        ..., help="A folder of pairs with manifest.csv/.jsonl, a saved Hugging Face dataset, or parquet/arrow file(s)."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="The prepared folder to write."),
     limit: int | None = typer.Option(None, "--limit", help="Keep at most N pairs."),
     seed: int | None = typer.Option(None, "--seed", help="Shuffle with this seed before --limit."),
@@ -23,7 +25,16 @@ def prepare(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Turn an image-pair dataset into training input for `imvedit train`."""
-    columns = {k: v for k, v in {"source": source_col, "target": target_col, "instruction": instruction_col, "caption": caption_col}.items() if v}
+    columns = {
+        k: v
+        for k, v in {
+            "source": source_col,
+            "target": target_col,
+            "instruction": instruction_col,
+            "caption": caption_col,
+        }.items()
+        if v
+    }
     config = PrepareConfig(source, output, limit, seed, max_area, overwrite=overwrite, columns=columns)
     with progress_bar("prepare", not json_out) as bar:
         summary = run(lambda: run_prepare(config, progress=bar))

@@ -54,14 +54,19 @@ class PrepareConfig:
 
     def validate(self) -> None:
         if not Path(self.source).exists():
-            raise UsageError(f"Dataset {self.source} does not exist.", "Give a folder with a manifest, a saved dataset or parquet files.")
+            raise UsageError(
+                f"Dataset {self.source} does not exist.",
+                "Give a folder with a manifest, a saved dataset or parquet files.",
+            )
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}.")
         if self.max_area < SIZE_MULTIPLE * SIZE_MULTIPLE:
             raise UsageError(f"--max-area must be at least {SIZE_MULTIPLE**2}, got {self.max_area}.")
         out = Path(self.output)
         if out.exists() and any(out.iterdir()) and not self.overwrite:
-            raise UsageError(f"Output folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder.")
+            raise UsageError(
+                f"Output folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder."
+            )
         if not out.parent.exists():
             raise UsageError(f"Folder {out.parent} does not exist.", "Create it first.")
 
@@ -85,7 +90,10 @@ def _resolve_columns(names: list[str], explicit: dict[str, str]) -> dict[str, st
     for role, aliases in COLUMN_ALIASES.items():
         if role in explicit:
             if explicit[role] not in names:
-                raise UsageError(f"Column {explicit[role]!r} (for {role}) is not in the dataset.", f"Columns are: {', '.join(names)}.")
+                raise UsageError(
+                    f"Column {explicit[role]!r} (for {role}) is not in the dataset.",
+                    f"Columns are: {', '.join(names)}.",
+                )
             mapping[role] = explicit[role]
             continue
         found = next((a for a in aliases if a in names), None)
@@ -172,7 +180,10 @@ def _image_ref(value, root: Path):
     if isinstance(value, str):
         p = (root / value).resolve()
         if not p.is_relative_to(root.resolve()):
-            raise UsageError(f"Image path {value!r} points outside the dataset folder.", "Keep image paths inside the dataset folder.")
+            raise UsageError(
+                f"Image path {value!r} points outside the dataset folder.",
+                "Keep image paths inside the dataset folder.",
+            )
         return p
     if isinstance(value, dict) and value.get("bytes") is not None:  # datasets' Image feature, undecoded
         return io.BytesIO(value["bytes"])
@@ -217,7 +228,10 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                 progress(n, total)
     if kept == 0:
         shutil.rmtree(tmp)
-        raise UsageError(f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).", "Check the images and instructions.")
+        raise UsageError(
+            f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).",
+            "Check the images and instructions.",
+        )
     summary = {
         "format_version": FORMAT_VERSION,
         "imvedit_version": __version__,
@@ -273,7 +287,9 @@ def load_pairs_manifest(pairs_dir: str | Path) -> list[dict]:
     root = Path(pairs_dir)
     manifest = root / "manifest.jsonl"
     if not manifest.is_file():
-        raise UsageError(f"{root} is not a prepared pairs folder (no manifest.jsonl).", "Run `imvedit prepare SOURCE -o DIR` first.")
+        raise UsageError(
+            f"{root} is not a prepared pairs folder (no manifest.jsonl).", "Run `imvedit prepare SOURCE -o DIR` first."
+        )
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise UsageError(f"{manifest} has no pairs.", "Run `imvedit prepare` again on a dataset with usable pairs.")

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ImveditError, UsageError
+from ..errors import UsageError
 from ..fsutil import atomic_path
 from .imvedit import ImVideoEditAdapter
 
@@ -72,7 +72,10 @@ def read_adapter_metadata(path: str | Path) -> dict:
             "It may be truncated or not an adapter at all: export it again from its run folder.",
         ) from e
     if meta.get("format") != FORMAT:
-        raise UsageError(f"{path} is a safetensors file but not an imvedit adapter.", "Use an adapter written by `imvedit train` or `imvedit export`.")
+        raise UsageError(
+            f"{path} is a safetensors file but not an imvedit adapter.",
+            "Use an adapter written by `imvedit train` or `imvedit export`.",
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise UsageError(
             f"{path} has adapter format {meta.get('format_version')}; this imvedit reads {FORMAT_VERSION}.",
@@ -96,9 +99,14 @@ def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVi
             for k in f.keys():
                 tensors[k] = f.get_tensor(k)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UsageError(f"{path} is damaged ({str(e).splitlines()[0]}).", "Export the adapter again from its run folder.") from e
+        raise UsageError(
+            f"{path} is damaged ({str(e).splitlines()[0]}).", "Export the adapter again from its run folder."
+        ) from e
     if payload_sha256(tensors) != meta.get("payload_sha256"):
-        raise UsageError(f"{path} is corrupted: its weights do not match their recorded hash.", "Export the adapter again from its run folder.")
+        raise UsageError(
+            f"{path} is corrupted: its weights do not match their recorded hash.",
+            "Export the adapter again from its run folder.",
+        )
     # Weights stored in fp16/bf16 are loaded into an fp32 adapter; the caller casts it to its compute dtype.
     adapter = ImVideoEditAdapter.from_config(meta["adapter_config"])
     missing, unexpected = adapter.load_state_dict(tensors, strict=False)

@@ -46,7 +46,11 @@ class Base:
 
     @property
     def identity(self) -> dict:
-        return {"name": self.name, "fingerprint": self.fingerprint, "transformer_config": _public_config(self.transformer.config)}
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "transformer_config": _public_config(self.transformer.config),
+        }
 
 
 def _public_config(config) -> dict:
@@ -128,7 +132,9 @@ def build_tiny_random(seed: int = 0) -> Base:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     for m in (transformer, vae, text_encoder):
         m.eval()
-    return Base(TINY_RANDOM, transformer, vae, text_encoder, tokenizer, scheduler, default_area=32 * 32, default_frames=9)
+    return Base(
+        TINY_RANDOM, transformer, vae, text_encoder, tokenizer, scheduler, default_area=32 * 32, default_frames=9
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,7 +145,8 @@ def build_tiny_random(seed: int = 0) -> Base:
 def _scheduler_class(path: str, subfolder: str):
     import diffusers
 
-    config = diffusers.SchedulerMixin.load_config(path, subfolder=subfolder)
+    # Any scheduler class reads scheduler_config.json; its _class_name says which one to build.
+    config = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder=subfolder)
     cls = getattr(diffusers, config.get("_class_name", ""), None)
     if cls is None:
         raise ImveditError(f"Unknown scheduler class {config.get('_class_name')!r} in {path}/{subfolder}.")
@@ -184,9 +191,15 @@ def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: 
         # torch_dtype at load time keeps the modules diffusers wants in fp32 (norms, rope) in fp32.
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         transformer = WanTransformer3DModel.from_pretrained(src, subfolder="transformer", **kw)
-        vae = AutoencoderKLWan.from_pretrained(src, subfolder="vae", torch_dtype=torch.float32) if "vae" in components else None
+        vae = (
+            AutoencoderKLWan.from_pretrained(src, subfolder="vae", torch_dtype=torch.float32)
+            if "vae" in components
+            else None
+        )
         text_encoder = (
-            UMT5EncoderModel.from_pretrained(src, subfolder="text_encoder", **({"dtype": torch_dtype} if torch_dtype else {}))
+            UMT5EncoderModel.from_pretrained(
+                src, subfolder="text_encoder", **({"dtype": torch_dtype} if torch_dtype else {})
+            )
             if "text_encoder" in components
             else None
         )

@@ -174,7 +174,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         self.validate()
         self.sda = nn.ModuleDict(
             {
-                str(i): SpatialDifferenceAttention(dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim)
+                str(i): SpatialDifferenceAttention(
+                    dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim
+                )
                 for i in self.sda_layers
             }
         )
@@ -182,7 +184,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         self.ffn = (
             nn.ModuleDict(
                 {
-                    str(i): nn.ModuleDict({"in": LowRank(dim, ffn_dim, ffn_rank), "out": LowRank(ffn_dim, dim, ffn_rank)})
+                    str(i): nn.ModuleDict(
+                        {"in": LowRank(dim, ffn_dim, ffn_rank), "out": LowRank(ffn_dim, dim, ffn_rank)}
+                    )
                     for i in range(num_layers)
                 }
             )
@@ -203,7 +207,11 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
     @classmethod
     def config_switches(cls) -> tuple[str, ...]:
         """The options a user may set; the rest of the config is read off the base."""
-        return tuple(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "num_layers", "dim", "text_dim", "ffn_dim"))
+        return tuple(
+            k
+            for k in inspect.signature(cls.__init__).parameters
+            if k not in ("self", "num_layers", "dim", "text_dim", "ffn_dim")
+        )
 
     @property
     def sda_layers(self) -> list[int]:
@@ -261,6 +269,7 @@ class _PassState:
     """What one base forward needs to share with the processors; set by `ImVideoEditTransformer`."""
 
     mode: str = "plain"  # "plain": the base alone; "record": source stream; "edit": target stream
+    armed: bool = False  # set by ImVideoEditTransformer just before it calls the base
     grid: tuple[int, int, int] | None = None
     temb: torch.Tensor | None = None
     gate_text: torch.Tensor | None = None
@@ -333,7 +342,10 @@ class ImVideoEditTransformer(nn.Module):
 
     def __init__(self, base: WanTransformer3DModel, adapter: ImVideoEditAdapter):
         super().__init__()
-        if adapter.config.num_layers != base.config.num_layers or adapter.config.dim != base.config.num_attention_heads * base.config.attention_head_dim:
+        if (
+            adapter.config.num_layers != base.config.num_layers
+            or adapter.config.dim != base.config.num_attention_heads * base.config.attention_head_dim
+        ):
             raise UsageError(
                 "The adapter was built for a base of another size.",
                 "Use the base it was trained on (see `imvedit export --inspect`).",
@@ -363,6 +375,13 @@ class ImVideoEditTransformer(nn.Module):
 
     # -- hooks ------------------------------------------------------------------------------------
     def _on_base_input(self, module, args, kwargs):
+        # A call of the base that did not come through this wrapper is a plain base call. The state is
+        # otherwise left in place after a forward: gradient checkpointing re-runs the blocks (not this
+        # hook) during backward, and they must see the same mode, source, timestep and text.
+        st = self.state
+        if not st.armed:
+            st.mode, st.source, st.gate_text = "plain", None, None
+        st.armed = False
         hidden_states = args[0] if args else kwargs["hidden_states"]
         p_t, p_h, p_w = module.config.patch_size
         _, _, f, h, w = hidden_states.shape
@@ -396,6 +415,7 @@ class ImVideoEditTransformer(nn.Module):
 
     def detach(self) -> WanTransformer3DModel:
         """Remove every hook and processor; returns the untouched base."""
+        self.state.mode, self.state.source, self.state.gate_text, self.state.temb = "plain", None, None, None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -409,13 +429,13 @@ class ImVideoEditTransformer(nn.Module):
     def encode_source(self, source_latents: torch.Tensor, empty_text: torch.Tensor) -> SourceFeatures:
         """The frozen source stream: the clean source at timestep 0 with the empty prompt, once."""
         st = self.state
-        st.mode, st.recording = "record", {}
+        st.mode, st.recording, st.armed = "record", {}, True
         try:
             t0 = torch.zeros(source_latents.shape[0], device=source_latents.device)
             self.base(source_latents, t0, empty_text.expand(source_latents.shape[0], -1, -1), return_dict=False)
             return SourceFeatures(dict(st.recording), st.grid)
         finally:
-            st.mode, st.recording = "plain", {}
+            st.mode, st.recording, st.armed = "plain", {}, False
 
     def pool_gate_text(self, text: torch.Tensor) -> torch.Tensor | None:
         """Project pooled instruction embeddings (batch, text_dim) once for every block's gate."""
@@ -442,10 +462,8 @@ class ImVideoEditTransformer(nn.Module):
         st.gate_text = None if (source is None or gate_text is None) else self.pool_gate_text(gate_text)
         st.collect_gates = collect_gates
         st.gates = []
-        try:
-            return self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
-        finally:
-            st.mode, st.source, st.gate_text, st.temb = "plain", None, None, None
+        st.armed = True
+        return self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
 
     def last_gate_map(self) -> torch.Tensor | None:
         """The gate of the last forward with `collect_gates`, averaged over blocks: (batch, f, h, w)."""

@@ -84,7 +84,12 @@ class ImVideoEditPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(
-            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer, adapter=adapter
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            scheduler=scheduler,
+            transformer=transformer,
+            adapter=adapter,
         )
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
@@ -98,9 +103,12 @@ class ImVideoEditPipeline(DiffusionPipeline):
         _, _, _, h, w = video.shape
         m = self.size_multiple
         if h % m or w % m:
-            raise UsageError(f"Frames are {w}x{h}; this base needs multiples of {m}.", "Resize the frames first (`imvedit edit` does it for you).")
+            raise UsageError(
+                f"Frames are {w}x{h}; this base needs multiples of {m}.",
+                "Resize the frames first (`imvedit edit` does it for you).",
+            )
         if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError("The prompt is empty.", "Say what the edit should do, e.g. \"make it winter\".")
+            raise UsageError("The prompt is empty.", 'Say what the edit should do, e.g. "make it winter".')
         if not 0.0 < strength <= 1.0:
             raise UsageError(f"strength must be in (0, 1], got {strength}.")
         if num_inference_steps < 1:
@@ -168,7 +176,9 @@ class ImVideoEditPipeline(DiffusionPipeline):
             # 5. Denoise. Branches: (prompt, source), (negative, source) [, (negative, no source)]
             do_cfg = guidance_scale != 1.0 or use_source_cfg
             text = torch.cat([cond, negative] + ([negative] if use_source_cfg else [])) if do_cfg else cond
-            gate_text = torch.cat([gate_cond, gate_empty] + ([gate_empty] if use_source_cfg else [])) if do_cfg else gate_cond
+            gate_text = (
+                torch.cat([gate_cond, gate_empty] + ([gate_empty] if use_source_cfg else [])) if do_cfg else gate_cond
+            )
             n_branches = text.shape[0]
             if features is not None:
                 branch_features = (

@@ -46,7 +46,9 @@ def flow_matching_loss(
 
     text = torch.where(drop_text[:, None, None], empty_text.expand_as(text), text)
     gate_text = torch.where(drop_text[:, None], empty_gate_text.expand_as(gate_text), gate_text)
-    source_latents = torch.where(drop_source[:, None, None, None, None], torch.zeros_like(source_latents), source_latents)
+    source_latents = torch.where(
+        drop_source[:, None, None, None, None], torch.zeros_like(source_latents), source_latents
+    )
 
     features = model.encode_source(source_latents, empty_text)  # frozen, no gradient
     s = sigma.view(b, 1, 1, 1, 1)

@@ -53,7 +53,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not Path(self.pairs_dir).is_dir():
-            raise UsageError(f"Pairs folder {self.pairs_dir} does not exist.", "Run `imvedit prepare SOURCE -o DIR` first.")
+            raise UsageError(
+                f"Pairs folder {self.pairs_dir} does not exist.", "Run `imvedit prepare SOURCE -o DIR` first."
+            )
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
         if self.max_steps is not None and self.max_steps < 1:
@@ -78,7 +80,9 @@ class TrainConfig:
             )
         out = Path(self.output)
         if out.exists() and any(out.iterdir()) and not self.overwrite:
-            raise UsageError(f"Run folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder.")
+            raise UsageError(
+                f"Run folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder."
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,17 +141,34 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, list(gtext))
                 with accelerator.autocast():
                     loss = flow_matching_loss(
-                        model, source, target, text, gate_pooled, empty_text, empty_gate, generator,
-                        config.text_dropout, config.source_dropout, config.flow_shift, forward=ddp_model,
+                        model,
+                        source,
+                        target,
+                        text,
+                        gate_pooled,
+                        empty_text,
+                        empty_gate,
+                        generator,
+                        config.text_dropout,
+                        config.source_dropout,
+                        config.flow_shift,
+                        forward=ddp_model,
                     )
                 if not torch.isfinite(loss):
-                    raise UsageError(f"The loss became {loss.item()} at step {step + 1}.", "Lower --lr or use --mixed-precision no.")
+                    raise UsageError(
+                        f"The loss became {loss.item()} at step {step + 1}.", "Lower --lr or use --mixed-precision no."
+                    )
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 losses.append(loss.item())
-                log.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}) + "\n")
+                log.write(
+                    json.dumps(
+                        {"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}
+                    )
+                    + "\n"
+                )
                 if progress:
                     progress(step, total, losses[-1])
 

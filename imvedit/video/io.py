@@ -85,7 +85,9 @@ def probe(path: str | Path) -> VideoInfo:
     text = proc.stderr
     video = re.search(r"Stream #\S+.*?: Video: .*", text)
     if not video:
-        raise UsageError(f"{path} has no video stream ffmpeg can read.", "Give a video file (mp4, mov, mkv, webm, ...).")
+        raise UsageError(
+            f"{path} has no video stream ffmpeg can read.", "Give a video file (mp4, mov, mkv, webm, ...)."
+        )
     line = video.group(0)
     size = re.search(r", (\d{1,6})x(\d{1,6})", line)
     fps = re.search(r", ([\d.]+) fps", line) or re.search(r", ([\d.]+) tbr", line)
@@ -136,7 +138,9 @@ def write_video(
     # yuv420p (what players expect) needs even sizes; odd sizes keep full chroma instead of being cropped.
     pix_fmt = "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
     with atomic_path(path) as tmp:
-        video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=f"{fps.numerator}/{fps.denominator}")
+        video = ffmpeg.input(
+            "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=f"{fps.numerator}/{fps.denominator}"
+        )
         streams = [video]
         audio_args = {}
         if audio_from is not None:
@@ -146,11 +150,18 @@ def write_video(
             (
                 ffmpeg.output(*streams, str(tmp), vcodec=codec, pix_fmt=pix_fmt, crf=crf, **audio_args)
                 .overwrite_output()
-                .run(cmd=ffmpeg_exe(), input=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(), capture_stdout=True, capture_stderr=True)
+                .run(
+                    cmd=ffmpeg_exe(),
+                    input=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                )
             )
         except ffmpeg.Error as e:
             last = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-            raise ImveditError(f"ffmpeg could not write {path}: {last[0]}", "Try another --codec or output format.") from e
+            raise ImveditError(
+                f"ffmpeg could not write {path}: {last[0]}", "Try another --codec or output format."
+            ) from e
     return path
 
 

@@ -1,0 +1,22 @@
+"""Developer sessions. CI runs the same test command as `nox -s tests` (see .ci/run)."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+TORCH = "torch==2.13.0"  # the CPU build; see README for why torch is installed first and pinned
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "imvedit", "tests")
+    session.run("ruff", "format", "--check", "imvedit", "tests")
+
+
+@nox.session
+def tests(session):
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs, env={"HF_HUB_OFFLINE": "1"})

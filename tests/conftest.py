@@ -1,0 +1,70 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imvedit.models.bases import build_tiny_random  # noqa: E402
+from imvedit.video.io import ffmpeg_exe  # noqa: E402
+
+
+@pytest.fixture
+def tiny_base():
+    return build_tiny_random()
+
+
+def make_clip(path: Path, size="64x48", rate="8", frames=9, audio=True, pix_fmt="yuv420p") -> Path:
+    """A real test clip from ffmpeg's lavfi sources, with a sine audio track."""
+    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440"]
+    cmd += ["-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", pix_fmt]
+    if audio:
+        cmd += ["-c:a", "aac", "-t", str(frames / float(eval(rate)))]  # noqa: S307 - a literal rate
+    subprocess.run(cmd + [str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return make_clip(tmp_path / "in.mp4")
+
+
+def make_pairs_folder(root: Path, n=4, size=(56, 40), corrupt: int = 0) -> Path:
+    """A folder of image pairs with a CSV manifest; the last `corrupt` source files are not images."""
+    import csv
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "target", "instruction", "caption"])
+        for i in range(n):
+            a = (rng.random((size[1], size[0], 3)) * 255).astype("uint8")
+            Image.fromarray(a).save(root / f"s{i}.png")
+            Image.fromarray(255 - a).save(root / f"t{i}.png")
+            if i >= n - corrupt:
+                (root / f"s{i}.png").write_text("not an image")
+            w.writerow([f"s{i}.png", f"t{i}.png", "invert the colours", "an inverted picture"])
+    return root
+
+
+@pytest.fixture
+def pairs_folder(tmp_path):
+    return make_pairs_folder(tmp_path / "pairs")
+
+
+def randomize_adapter(adapter, std=0.05, seed=1):
+    """Give every adapter weight (including the zero-initialised ones) a random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return adapter

@@ -1,0 +1,255 @@
+"""The method's guarantees, checked on tiny real diffusers models."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize_adapter
+from diffusers import WanTransformer3DModel
+
+from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from imvedit.training.flow_matching import flow_matching_loss
+
+WAN21_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+WAN21_14B = {**WAN21_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+
+
+def inputs(batch=1, frames=3, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, frames, h, w, generator=g)
+    src = torch.randn(batch, 4, frames, h, w, generator=g)
+    text = torch.randn(batch, 7, 16, generator=g)
+    gate_text = torch.randn(batch, 16, generator=g)
+    return x, src, text, gate_text
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"branches": "zero_out"}, {"ffn_lora": True}, {"every_k_blocks": 2}, {"gate": "none"}, {"gate": "no_text"}],
+)
+def test_fresh_adapter_leaves_the_base_output_unchanged(tiny_base, switches):
+    base = tiny_base.transformer
+    x, src, text, gate_text = inputs(frames=5)
+    t = torch.tensor([700.0])
+    reference = base(x, t, text, return_dict=False)[0]
+    model = ImVideoEditTransformer(base, ImVideoEditAdapter.for_base(base, **switches))
+    features = model.encode_source(src, torch.zeros(1, 7, 16))
+    out = model(x, t, text, features, gate_text)
+    assert (out - reference).abs().max().item() <= 1e-5
+    # ...and the adapter is really in the path: random weights change the output.
+    randomize_adapter(model.adapter)
+    assert (model(x, t, text, features, gate_text) - reference).abs().max().item() > 1e-3
+
+
+def test_detach_restores_the_plain_base(tiny_base):
+    base = tiny_base.transformer
+    x, src, text, gate_text = inputs()
+    t = torch.tensor([300.0])
+    reference = base(x, t, text, return_dict=False)[0]
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    model(x, t, text, model.encode_source(src, torch.zeros(1, 7, 16)), gate_text)
+    model.detach()
+    assert torch.equal(base(x, t, text, return_dict=False)[0], reference)
+
+
+def test_trainable_parameters_are_exactly_the_adapter(tiny_base):
+    base = tiny_base.transformer
+    adapter = ImVideoEditAdapter.for_base(base)
+    model = ImVideoEditTransformer(base, adapter)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in adapter.parameters()}
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+@pytest.mark.parametrize("config,upper", [(WAN21_1_3B, 0.04), (WAN21_14B, 0.04)])
+def test_adapter_is_a_small_fraction_of_real_wan_bases(config, upper):
+    with torch.device("meta"):
+        base = WanTransformer3DModel(**config)
+        adapter = ImVideoEditAdapter.for_base(base)
+    n_base = sum(p.numel() for p in base.parameters())
+    n_adapter = sum(p.numel() for p in adapter.parameters())
+    ratio = n_adapter / n_base
+    print(f"base {n_base / 1e9:.2f}B, adapter {n_adapter / 1e6:.1f}M = {100 * ratio:.2f}%")
+    assert ratio < 0.10
+    assert ratio < upper  # the design aims at ~2-3% for Wan2.1-1.3B
+
+
+def test_one_optimiser_step_moves_the_adapter_and_not_the_base(tiny_base):
+    base = tiny_base.transformer
+    torch.manual_seed(0)
+    adapter = ImVideoEditAdapter.for_base(base)
+    model = ImVideoEditTransformer(base, adapter)
+    base_before = {k: v.clone() for k, v in base.state_dict().items()}
+    adapter_before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    x, src, text, gate_text = inputs(batch=2, frames=1)
+    empty, empty_gate = torch.zeros(1, 7, 16), torch.zeros(1, 16)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3, weight_decay=0.0)
+    loss = flow_matching_loss(
+        model, src, x, text, gate_text, empty, empty_gate, torch.Generator().manual_seed(0), 0.0, 0.0
+    )
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    opt.step()
+    changed = [k for k, v in adapter.state_dict().items() if not torch.equal(v, adapter_before[k])]
+    assert any(k.endswith("up.weight") for k in changed), changed
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, base_before[k]), k
+
+
+def _count_base_calls(base):
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(args[1].clone() if len(args) > 1 else kwargs["timestep"].clone())
+
+    return calls, base.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_source_stream_runs_once_per_call(tiny_base):
+    import numpy as np
+
+    from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+    b = tiny_base
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(b.transformer))
+    pipe = ImVideoEditPipeline(b.tokenizer, b.text_encoder, b.vae, b.scheduler, b.transformer, adapter)
+    pipe.set_progress_bar_config(disable=True)
+    calls, handle = _count_base_calls(b.transformer)
+    video = np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
+    pipe(video, "make it red", num_inference_steps=4, guidance_scale=4.0)
+    handle.remove()
+    source_calls = [t for t in calls if torch.all(t == 0)]
+    denoise_calls = [t for t in calls if torch.all(t > 0)]
+    assert len(source_calls) == 1  # not once per step (4) or per guidance branch (2)
+    assert len(denoise_calls) == 4 and all(t.shape[0] == 2 for t in denoise_calls)  # both branches batched
+
+
+def test_cached_and_recomputed_source_features_agree(tiny_base):
+    base = tiny_base.transformer
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    x, src, text, gate_text = inputs(frames=3)
+    empty = torch.zeros(1, 7, 16)
+    cached = model.encode_source(src, empty)
+    snapshot = copy.deepcopy(cached.blocks)
+    for t in (900.0, 500.0, 100.0):
+        t = torch.tensor([t])
+        with torch.no_grad():
+            a = model(x, t, text, cached, gate_text)
+            b = model(x, t, text, model.encode_source(src, empty), gate_text)
+        assert torch.equal(a, b)
+    for i, d in snapshot.items():  # the cache is read, never written
+        for k, v in d.items():
+            assert torch.equal(cached.blocks[i][k], v)
+
+
+def test_sda_of_a_frame_reads_only_that_frames_source(tiny_base):
+    base = tiny_base.transformer
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(base))
+    attn = base.blocks[0].attn1
+    sda = adapter.sda["0"]
+    frames, h, w, dim = 3, 4, 4, 24
+    n = frames * h * w
+    g = torch.Generator().manual_seed(0)
+    x_mod, s_mod = torch.randn(1, n, dim, generator=g), torch.randn(1, n, dim, generator=g)
+    x_ln, s_ln = torch.randn(1, n, dim, generator=g), torch.randn(1, n, dim, generator=g)
+    frozen = {"q": attn.to_q(x_mod), "k": attn.to_k(x_mod), "v": attn.to_v(x_mod)}
+    cos, sin = base.rope(torch.zeros(1, 4, frames, 2 * h, 2 * w))
+    rope2d = (cos[:, : h * w], sin[:, : h * w])
+    temb, text = torch.randn(1, dim, generator=g), torch.randn(1, 64, generator=g)
+
+    def run(s_mod, s_ln):
+        src = {"mod": s_mod, "k": attn.to_k(s_mod), "v": attn.to_v(s_mod), "ln": s_ln}
+        with torch.no_grad():
+            delta, gate = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
+        return (gate * delta).reshape(frames, h * w, dim)
+
+    before = run(s_mod, s_ln)
+    hw = h * w
+    s_mod2, s_ln2 = s_mod.clone(), s_ln.clone()
+    s_mod2[:, 2 * hw :] += 5.0  # perturb frame 2's source only
+    s_ln2[:, 2 * hw :] -= 3.0
+    after = run(s_mod2, s_ln2)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert (before[2] - after[2]).abs().max() > 1e-3  # the perturbed frame itself does change
+
+
+def test_per_token_timesteps_like_wan22(tiny_base):
+    base = tiny_base.transformer
+    x, src, text, gate_text = inputs(frames=3)
+    tokens = 3 * 4 * 4
+    t = torch.full((1, tokens), 600.0)
+    t[:, :16] = 0.0  # Wan2.2 TI2V keeps its conditioning frame at t=0
+    reference = base(x, t, text, return_dict=False)[0]
+    model = ImVideoEditTransformer(base, ImVideoEditAdapter.for_base(base))
+    features = model.encode_source(src, torch.zeros(1, 7, 16))
+    assert (model(x, t, text, features, gate_text) - reference).abs().max() <= 1e-5
+    randomize_adapter(model.adapter)
+    assert torch.isfinite(model(x, t, text, features, gate_text)).all()
+
+
+def test_fused_projections_give_the_same_edit(tiny_base):
+    base = tiny_base.transformer
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    x, src, text, gate_text = inputs()
+    t = torch.tensor([400.0])
+    with torch.no_grad():
+        plain = model(x, t, text, model.encode_source(src, torch.zeros(1, 7, 16)), gate_text)
+        for block in base.blocks:
+            block.attn1.fuse_projections()
+        fused = model(x, t, text, model.encode_source(src, torch.zeros(1, 7, 16)), gate_text)
+    assert (plain - fused).abs().max() <= 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_base):
+    base = tiny_base.transformer
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(base))
+    model = ImVideoEditTransformer(base, adapter)
+    x, src, text, gate_text = inputs(frames=1)
+    features = model.encode_source(src, torch.zeros(1, 7, 16))
+
+    def grads():
+        adapter.zero_grad()
+        F.mse_loss(model(x, torch.tensor([500.0]), text, features, gate_text), x).backward()
+        return [p.grad.clone() for p in adapter.parameters()]
+
+    plain = grads()
+    base.enable_gradient_checkpointing()
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gate_map_has_the_latent_grid_shape(tiny_base):
+    base = tiny_base.transformer
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    x, src, text, gate_text = inputs(frames=3, h=8, w=12)
+    model(
+        x, torch.tensor([500.0]), text, model.encode_source(src, torch.zeros(1, 7, 16)), gate_text, collect_gates=True
+    )
+    gate = model.last_gate_map()
+    assert gate.shape == (1, 3, 4, 6)
+    assert ((gate > 0) & (gate < 1)).all()
+
+
+def test_bad_switches_are_refused():
+    from imvedit.errors import UsageError
+
+    with pytest.raises(UsageError, match="branches"):
+        ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, branches="three")
+    with pytest.raises(UsageError, match="gate"):
+        ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, gate="maybe")

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_adapter
+
+from imvedit.errors import UsageError
+from imvedit.models.imvedit import ImVideoEditAdapter
+from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+
+@pytest.fixture
+def pipe(tiny_base):
+    b = tiny_base
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(b.transformer))
+    p = ImVideoEditPipeline(b.tokenizer, b.text_encoder, b.vae, b.scheduler, b.transformer, adapter)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def video(frames=9, h=32, w=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (frames, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("frames", [1, 6, 9])
+def test_output_has_the_input_frames_and_size(pipe, frames):
+    out = pipe(video(frames), "make it red", num_inference_steps=2)
+    assert out.frames.shape == (frames, 32, 48, 3)
+    assert out.gate.shape == (frames, 32, 48)
+    assert 0 <= out.frames.min() and out.frames.max() <= 1
+
+
+def test_same_seed_same_edit_and_options_change_it(pipe):
+    kw = dict(num_inference_steps=3, guidance_scale=3.0)
+    a = pipe(video(), "make it red", generator=torch.Generator().manual_seed(0), **kw).frames
+    b = pipe(video(), "make it red", generator=torch.Generator().manual_seed(0), **kw).frames
+    c = pipe(video(), "make it red", generator=torch.Generator().manual_seed(0), strength=0.5, **kw).frames
+    d = pipe(video(), "make it red", generator=torch.Generator().manual_seed(0), source_guidance_scale=1.5, **kw).frames
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, d)
+
+
+def test_without_an_adapter_it_is_the_base(tiny_base):
+    b = tiny_base
+    pipe = ImVideoEditPipeline(b.tokenizer, b.text_encoder, b.vae, b.scheduler, b.transformer, None)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(video(5), "a red circle", num_inference_steps=2, strength=0.6)
+    assert out.frames.shape == (5, 32, 48, 3) and out.gate is None
+
+
+def test_bad_inputs(pipe):
+    with pytest.raises(UsageError, match="multiples of 16"):
+        pipe(video(h=30), "make it red", num_inference_steps=1)
+    with pytest.raises(UsageError, match="prompt is empty"):
+        pipe(video(), "  ", num_inference_steps=1)
+    with pytest.raises(UsageError, match="strength"):
+        pipe(video(), "x", num_inference_steps=1, strength=0.0)

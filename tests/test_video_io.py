@@ -1,0 +1,58 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import make_clip
+
+from imvedit.errors import UsageError
+from imvedit.video.io import probe, read_image, read_video, write_image, write_video
+
+
+def test_probe_and_read_a_clip_with_audio(clip):
+    info = probe(clip)
+    assert (info.width, info.height, info.fps, info.has_audio) == (64, 48, Fraction(8), True)
+    frames, _ = read_video(clip)
+    assert frames.shape == (9, 48, 64, 3) and frames.dtype == np.uint8
+
+
+def test_write_keeps_rate_size_frames_and_audio(clip, tmp_path):
+    frames, info = read_video(clip)
+    out = write_video(tmp_path / "out.mp4", frames, info.fps, audio_from=clip)
+    again, info2 = read_video(out)
+    assert again.shape == frames.shape
+    assert info2.fps == info.fps and info2.has_audio
+    assert np.abs(again.astype(int) - frames.astype(int)).mean() < 8  # lossy, but the same picture
+
+
+def test_odd_sizes_and_ntsc_rates(tmp_path):
+    clip = make_clip(tmp_path / "odd.mp4", size="63x47", rate="30000/1001", frames=5, audio=False, pix_fmt="yuv444p")
+    frames, info = read_video(clip)
+    assert info.fps == Fraction(30000, 1001)
+    out = write_video(tmp_path / "odd-out.mp4", frames, info.fps)
+    again, info2 = read_video(out)
+    assert again.shape[1:3] == frames.shape[1:3] and len(again) == len(frames) and info2.fps == info.fps
+
+
+def test_images_drop_alpha_and_convert_modes(tmp_path):
+    from PIL import Image
+
+    Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(tmp_path / "a.png")
+    Image.new("L", (5, 4), 7).save(tmp_path / "g.png")
+    Image.new("CMYK", (5, 4)).save(tmp_path / "c.jpg")
+    for name in ("a.png", "g.png", "c.jpg"):
+        assert read_image(tmp_path / name).shape == (1, 4, 5, 3)
+    write_image(tmp_path / "w.png", np.zeros((4, 5, 3), np.uint8))
+    assert read_image(tmp_path / "w.png").shape == (1, 4, 5, 3)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("hello")
+    with pytest.raises(UsageError, match="empty"):
+        probe(tmp_path / "empty.mp4")
+    with pytest.raises(UsageError, match="no video stream"):
+        probe(tmp_path / "text.mp4")
+    with pytest.raises(UsageError, match="does not exist"):
+        probe(tmp_path / "missing.mp4")
+    with pytest.raises(UsageError, match="not a readable image"):
+        read_image(tmp_path / "text.mp4")
