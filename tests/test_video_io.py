@@ -56,3 +56,17 @@ def test_bad_files(tmp_path):
         probe(tmp_path / "missing.mp4")
     with pytest.raises(UsageError, match="not a readable image"):
         read_image(tmp_path / "text.mp4")
+
+
+def test_an_ffmpeg_named_in_the_environment_wins(monkeypatch, tmp_path):
+    from imvedit.video import io
+
+    fake = tmp_path / "my-ffmpeg"
+    monkeypatch.setenv("IMVEDIT_FFMPEG", str(fake))
+    io.ffmpeg_exe.cache_clear()
+    try:
+        assert io.ffmpeg_exe() == str(fake)
+    finally:
+        monkeypatch.delenv("IMVEDIT_FFMPEG")
+        io.ffmpeg_exe.cache_clear()
+    assert io.ffmpeg_exe() != str(fake)

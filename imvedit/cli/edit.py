@@ -4,8 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..edit import EditConfig
-from ..edit import edit as run_edit
 from ._common import emit, progress_bar, run
 
 
@@ -27,6 +25,9 @@ def edit(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Edit a video or an image with a text prompt."""
+    from ..edit import EditConfig
+    from ..edit import edit as run_edit
+
     config = EditConfig(
         input,
         prompt,

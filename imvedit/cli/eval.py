@@ -4,7 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..evaluation.evaluate import EvalConfig, evaluate_pair
 from ._common import emit, run
 
 
@@ -14,6 +13,8 @@ def eval_(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Score an edit against its source (PSNR, flicker, temporal error)."""
+    from ..evaluation.evaluate import EvalConfig, evaluate_pair
+
     metrics = run(lambda: evaluate_pair(EvalConfig(pred, source)))
     lines = "\n".join(f"{k:28s} {v}" for k, v in metrics.items())
     emit(metrics, json_out, lines)

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..export import ExportConfig
-from ..export import export as run_export
 from ._common import emit, run
 
 
@@ -17,5 +15,8 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Export a trained adapter as a standalone, verified .safetensors file."""
+    from ..export import ExportConfig
+    from ..export import export as run_export
+
     result = run(lambda: run_export(ExportConfig(source, output, dtype, overwrite)))
     emit(result, json_out, f"Wrote {output} ({result['parameters']} parameters, {dtype}, base {result['base']}).")

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..data.pairs import PrepareConfig
-from ..data.pairs import prepare as run_prepare
 from ._common import emit, progress_bar, run
 
 
@@ -25,6 +23,9 @@ def prepare(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Turn an image-pair dataset into training input for `imvedit train`."""
+    from ..data.pairs import PrepareConfig
+    from ..data.pairs import prepare as run_prepare
+
     columns = {
         k: v
         for k, v in {

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import typer
 
-from ..training.train import TrainConfig
-from ..training.train import train as run_train
 from ._common import emit, progress_bar, run
 
 
@@ -29,6 +27,9 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Train an ImVideoEdit adapter on image pairs; the base stays frozen."""
+    from ..training.train import TrainConfig
+    from ..training.train import train as run_train
+
     config = TrainConfig(
         pairs_dir,
         output,
