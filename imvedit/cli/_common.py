@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,8 +26,7 @@ def run(fn: Callable[[], T]) -> T:
     except ImveditError as e:
         if state["debug"]:
             raise
-        err_console.print(f"[bold red]Error:[/] {e}", markup=True, emoji=False)
-        raise typer.Exit(e.exit_code) from None
+        fail(e)
     except KeyboardInterrupt:
         err_console.print("Interrupted; nothing partial was written.")
         raise typer.Exit(130) from None
@@ -41,6 +40,12 @@ def run(fn: Callable[[], T]) -> T:
             emoji=False,
         )
         raise typer.Exit(1) from None
+
+
+def fail(error: ImveditError) -> NoReturn:
+    """Report a user-facing error as one line on stderr and exit with its code."""
+    err_console.print(f"[bold red]Error:[/] {error}", markup=True, emoji=False)
+    raise typer.Exit(error.exit_code)
 
 
 @contextmanager

@@ -4,17 +4,72 @@ from pathlib import Path
 
 import typer
 
-from ._common import emit, run
+from ..errors import UsageError
+from ._common import emit, fail, progress_bar, run
 
 
 def eval_(
-    pred: Path = typer.Option(..., "--pred", help="The edited video or image."),
-    source: Path = typer.Option(..., "--source", help="The video or image it was made from."),
+    pred: Path | None = typer.Option(None, "--pred", help="The edited video or image (with --source)."),
+    source: Path | None = typer.Option(None, "--source", help="The video or image it was made from."),
+    bench: str | None = typer.Option(
+        None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Base for --bench (default: the bundled shapes-wan)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Adapter for --bench (default: the bundled one)."),
+    clips: int = typer.Option(16, "--clips", help="--bench: clips to edit."),
+    seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
+    frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),
+    size: int = typer.Option(64, "--size", help="--bench: canvas size in pixels."),
+    edits: str | None = typer.Option(
+        None, "--edits", help="--bench: comma-separated edit kinds (recolor,replace,remove,add,background,global)."
+    ),
+    steps: int = typer.Option(20, "--steps", help="--bench: denoising steps."),
+    guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
+    prompt: str = typer.Option(
+        "description",
+        "--prompt",
+        help="--bench: feed the cross-attention the 'description' of the result or the 'instruction'.",
+    ),
+    report: Path | None = typer.Option(None, "--report", help="--bench: folder for contact sheets and metrics.json."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
-    """Score an edit against its source (PSNR, flicker, temporal error)."""
+    """Score edits: an output against its source (--pred/--source), or a benchmark (--bench toy)."""
+    if bench is not None:
+        from ..evaluation.toy_bench import ToyBenchConfig, run_toy_bench
+
+        if bench != "toy":
+            fail(UsageError(f"Unknown bench {bench!r}.", "Use --bench toy."))
+        kinds = tuple(k.strip() for k in edits.split(",") if k.strip()) if edits else ()
+        cfg = ToyBenchConfig(model, adapter, clips, seed, frames, size, kinds, steps, guidance, prompt, report)
+        with progress_bar("bench", not json_out) as bar:
+            result = run(lambda: run_toy_bench(cfg, progress=bar))
+        emit(result, json_out, _bench_table(result))
+        return
     from ..evaluation.evaluate import EvalConfig, evaluate_pair
 
+    if pred is None or source is None:
+        run(
+            lambda: (_ for _ in ()).throw(
+                UsageError("Give --pred and --source, or --bench toy.", "See `imvedit eval --help`.")
+            )
+        )
     metrics = run(lambda: evaluate_pair(EvalConfig(pred, source)))
-    lines = "\n".join(f"{k:28s} {v}" for k, v in metrics.items())
-    emit(metrics, json_out, lines)
+    emit(metrics, json_out, "\n".join(f"{k:28s} {v}" for k, v in metrics.items()))
+
+
+def _bench_table(result: dict) -> str:
+    cols = (
+        "edit_psnr",
+        "edit_region_psnr",
+        "preserve_psnr",
+        "temporal_error",
+        "gate_iou",
+        "edit_psnr_ceiling",
+        "temporal_error_floor",
+    )
+    head = f"{'kind':12s} {'clips':>5s} " + " ".join(f"{c[:18]:>18s}" for c in cols)
+    lines = [head]
+    for name, agg in [*result["per_kind"].items(), ("overall", result["overall"])]:
+        vals = " ".join(f"{'-' if agg[c] is None else format(agg[c], '.3f'):>18s}" for c in cols)
+        lines.append(f"{name:12s} {agg['clips']:5d} {vals}")
+    return "\n".join(lines) + f"\n({result['clips']} clips in {result['seconds']:.1f} s)"

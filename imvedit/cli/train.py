@@ -8,20 +8,24 @@ from ._common import emit, progress_bar, run
 
 
 def train(
-    pairs_dir: Path = typer.Argument(..., help="A folder written by `imvedit prepare`."),
-    output: Path = typer.Option(..., "-o", "--output", help="The run folder to write (adapter, config, log)."),
-    model: str = typer.Option(
-        "tiny-random", "--model", help="The frozen base: a diffusers Wan folder, a hub id, or tiny-random."
+    pairs_dir: Path | None = typer.Argument(
+        None, help="A folder written by `imvedit prepare` (or `pairs_dir` in --config)."
     ),
-    epochs: int = typer.Option(5, "--epochs", help="Passes over the pairs."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="The run folder to write (adapter, config, log)."),
+    config: Path | None = typer.Option(None, "--config", help="A YAML file of training options; flags override it."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="The frozen base: a diffusers Wan folder, a hub id, or a builtin (shapes-wan, tiny-random). [default: tiny-random]",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the pairs. [default: 5]"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Pairs per step."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
-    seed: int = typer.Option(0, "--seed", help="Seed for init, data order and noise."),
-    rank: int = typer.Option(32, "--rank", help="Rank of the SDA branches' low-rank updates."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16 or fp16."),
-    gradient_checkpointing: bool = typer.Option(
-        False, "--gradient-checkpointing", help="Save memory in the frozen base."
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per step. [default: 1]"),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate. [default: 1e-4]"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for init, data order and noise. [default: 0]"),
+    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="no, bf16 or fp16. [default: no]"),
+    gradient_checkpointing: bool | None = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Save memory in the frozen base."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
@@ -30,24 +34,16 @@ def train(
     from ..training.train import TrainConfig
     from ..training.train import train as run_train
 
-    config = TrainConfig(
-        pairs_dir,
-        output,
-        model,
-        epochs,
-        max_steps,
-        batch_size,
-        lr,
-        seed=seed,
-        mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing,
-        overwrite=overwrite,
-        adapter={"rank": rank},
-    )
+    flags = {
+        "pairs_dir": pairs_dir, "output": output, "model": model, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing, "overwrite": overwrite or None,
+    }  # fmt: skip
+    cfg = run(lambda: TrainConfig.from_sources(config, {k: v for k, v in flags.items() if v is not None}))
     with progress_bar("train", not json_out) as bar:
-        summary = run(lambda: run_train(config, progress=lambda s, t, loss: bar(s, t, f"loss {loss:.4f}")))
+        summary = run(lambda: run_train(cfg, progress=lambda s, t, loss: bar(s, t, f"loss {loss:.4f}")))
     emit(
         summary,
         json_out,
-        f"Trained {summary['steps']} steps (final loss {summary['final_loss']:.4f}); adapter in {output}/adapter.safetensors",
+        f"Trained {summary['steps']} steps (final loss {summary['final_loss']:.4f}); adapter in {cfg.output}/adapter.safetensors",
     )

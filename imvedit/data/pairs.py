@@ -39,6 +39,8 @@ COLUMN_ALIASES = {
     "caption": ("caption", "edited_prompt", "target_caption", "output_caption"),
 }
 SIZE_MULTIPLE = 16  # Wan's VAE stride (8) x patch size (2)
+TOY_SOURCE = "toy"  # renders shapes-world image pairs (imvedit/toy/world.py) instead of reading files
+TOY_SEED_OFFSET = 0  # training pairs use seeds [offset + seed * 1_000_003 + i]; the eval bench uses 10**9 and up
 
 
 @dataclass
@@ -51,9 +53,13 @@ class PrepareConfig:
     min_side: int = 16  # images with a side shorter than this are dropped
     overwrite: bool = False  # replace an existing output folder
     columns: dict[str, str] = field(default_factory=dict)  # explicit mapping, e.g. {"source": "before"}
+    toy_size: int = 64  # canvas size of rendered toy pairs
 
     def validate(self) -> None:
-        if not Path(self.source).exists():
+        if self.source == TOY_SOURCE:
+            if self.limit is None:
+                raise UsageError("The toy source is endless.", "Say how many pairs to render with --limit N.")
+        elif not Path(self.source).exists():
             raise UsageError(
                 f"Dataset {self.source} does not exist.",
                 "Give a folder with a manifest, a saved dataset or parquet files.",
@@ -146,6 +152,12 @@ def _rows_from_hf(path: Path) -> list[dict]:
 
 def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
     """Rows as dicts with keys source/target (PIL image or path), instruction, caption."""
+    if config.source == TOY_SOURCE:
+        return (
+            _toy_rows(config),
+            config.limit,
+            {"source": "toy", "target": "toy", "instruction": "toy", "caption": "toy"},
+        )
     path = Path(config.source)
     rows, root = _rows_from_folder(path) if path.is_dir() else (None, path.parent)
     if rows is not None:
@@ -174,6 +186,24 @@ def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
             }
 
     return gen(), len(table), mapping
+
+
+def _toy_rows(config: PrepareConfig) -> Iterator[dict]:
+    """Single-frame shapes-world pairs: the source image, the ground-truth edit, the instruction and
+    the description of the edited image. Deterministic from the seed."""
+    from ..toy.world import sample_example
+
+    base = TOY_SEED_OFFSET + (config.seed or 0) * 1_000_003
+    for i in range(config.limit):
+        ex = sample_example(base + i, frames=1, size=config.toy_size)
+        yield {
+            "index": i,
+            "source": Image.fromarray(ex.source[0]),
+            "target": Image.fromarray(ex.target[0]),
+            "instruction": ex.instruction,
+            "caption": ex.target_caption,
+            "kind": ex.kind,
+        }
 
 
 def _image_ref(value, root: Path):
@@ -274,6 +304,8 @@ def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manife
         "width": w,
         "height": h,
     }
+    if "kind" in row:
+        record["kind"] = row["kind"]
     manifest.write(json.dumps(record, ensure_ascii=False) + "\n")
     return None
 

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT
 from ..errors import ImveditError, UsageError
 
 TINY_RANDOM = "tiny-random"
-BUILTIN_BASES = (TINY_RANDOM,)
+SHAPES_WAN = "shapes-wan"  # the bundled toy base, pretrained on the shapes world (imvedit/toy)
+BUILTIN_BASES = (SHAPES_WAN, TINY_RANDOM)
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -160,7 +161,12 @@ def load_base(
     components: tuple[str, ...] = COMPONENTS,
 ) -> Base:
     """Load a base by name. `components` limits what is loaded (e.g. no VAE when latents are cached)."""
-    if name == TINY_RANDOM:
+    if name == SHAPES_WAN:
+        from ..toy.bundle import TOY_BASE_DIR
+
+        base = _load_diffusers_layout(str(TOY_BASE_DIR), components, torch_dtype)
+        base.name, base.default_area, base.default_frames = SHAPES_WAN, 64 * 64, 17
+    elif name == TINY_RANDOM:
         base = build_tiny_random()
         if torch_dtype is not None and torch_dtype != torch.float32:
             for m in (base.transformer, base.text_encoder):  # the VAE stays in fp32, as for loaded bases

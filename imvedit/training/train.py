@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 from .flow_matching import flow_matching_loss
 
-TEXT_CHOICES = ("instruction", "description")
+TEXT_CHOICES = ("instruction", "description", "mixed")
 
 
 @dataclass
@@ -44,8 +44,10 @@ class TrainConfig:
     text_dropout: float = 0.1  # probability of training a pair with the empty prompt (text guidance)
     source_dropout: float = 0.05  # probability of training a pair without its source (source guidance)
     flow_shift: float = 3.0  # sigma sampling shift, as Wan's scheduler
-    cross_attention_text: str = "instruction"  # which text feeds the base's cross-attention
-    gate_text: str = "instruction"  # which text feeds the gate ("description" = the pair's caption)
+    # Which text feeds the base's cross-attention and which the gate: "instruction", "description" (the
+    # pair's caption of the edited image) or "mixed" (either, drawn per pair, so both work at inference).
+    cross_attention_text: str = "instruction"
+    gate_text: str = "instruction"
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
@@ -84,6 +86,37 @@ class TrainConfig:
                 f"Run folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder."
             )
 
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None, overrides: dict) -> TrainConfig:
+        """A config from a YAML file (safe-loaded; unknown keys are errors) with `overrides` on top."""
+        values: dict = {}
+        if yaml_path is not None:
+            try:
+                loaded = yaml.safe_load(Path(yaml_path).read_text())
+            except (OSError, yaml.YAMLError) as e:
+                raise UsageError(
+                    f"Could not read config {yaml_path}: {str(e).splitlines()[0]}", "Give a readable YAML file."
+                ) from e
+            if not isinstance(loaded, dict):
+                raise UsageError(
+                    f"Config {yaml_path} is not a mapping of options.", "Write one `option: value` per line."
+                )
+            values.update(loaded)
+        values.update(overrides)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(
+                f"Unknown training option(s): {', '.join(unknown)}.", f"Known options: {', '.join(sorted(known))}."
+            )
+        for required in ("pairs_dir", "output"):
+            if values.get(required) is None:
+                raise UsageError(
+                    f"No {required} given.", f"Pass it on the command line or set `{required}:` in the config."
+                )
+        values["pairs_dir"], values["output"] = Path(values["pairs_dir"]), Path(values["output"])
+        return cls(**values)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pairs_dir"], d["output"] = str(self.pairs_dir), str(self.output)
@@ -100,7 +133,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     device = accelerator.device
 
     # 1. The frozen base and a fresh adapter (its init is fixed by the seed)
-    base = load_base(config.model)
+    base = load_base(config.model, torch_dtype=torch.float32)  # master weights in fp32; autocast does the rest
     for m in (base.transformer, base.vae, base.text_encoder):
         m.to(device)
     torch.manual_seed(config.seed)
@@ -135,10 +168,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                 with torch.no_grad():
                     latents = _encode_images(base.vae, torch.cat([batch["source"], batch["target"]]).to(device))
                     source, target = latents.chunk(2)
-                    xattn = batch["instruction"] if config.cross_attention_text == "instruction" else batch["caption"]
-                    gtext = batch["instruction"] if config.gate_text == "instruction" else batch["caption"]
-                    text, _ = encode_text(base.tokenizer, base.text_encoder, list(xattn))
-                    _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, list(gtext))
+                    xattn = _pick_text(batch, config.cross_attention_text, generator)
+                    gtext = _pick_text(batch, config.gate_text, generator)
+                    text, _ = encode_text(base.tokenizer, base.text_encoder, xattn)
+                    _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
                 with accelerator.autocast():
                     loss = flow_matching_loss(
                         model,
@@ -193,6 +226,13 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         shutil.rmtree(out)
     tmp.rename(out)
     return summary
+
+
+def _pick_text(batch: dict, choice: str, generator: torch.Generator) -> list[str]:
+    if choice != "mixed":
+        return list(batch["instruction" if choice == "instruction" else "caption"])
+    coin = torch.rand(len(batch["instruction"]), generator=generator) < 0.5
+    return [i if c else d for i, d, c in zip(batch["instruction"], batch["caption"], coin.tolist(), strict=True)]
 
 
 def _encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""The embedded default: `shapes-wan`, a tiny Wan pretrained on the shapes world, and its edit adapter.
+
+Both ship inside the package (`imvedit/assets/`), so the first `imvedit edit` works on a CPU with no
+download. The untrained components are built here from `configs/pretrain.yaml`; `pretrain.py`
+trains them and `configs/adapter.yaml` records how the bundled adapter was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from .world import vocabulary
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+TOY_BASE = "shapes-wan"
+TOY_BASE_DIR = ASSETS / TOY_BASE
+TOY_ADAPTER = ASSETS / "shapes-wan-edit.safetensors"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def load_config(path: str | Path = CONFIGS / "pretrain.yaml") -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def word_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the shapes world's vocabulary (instructions included): no download."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}  # noqa: S105 - tokens, not secrets
+    for word in [*vocabulary(), ",", ".", "'"]:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))  # noqa: S106
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",  # noqa: S106
+        eos_token="</s>",  # noqa: S106
+        unk_token="<unk>",  # noqa: S106
+        model_max_length=model_max_length,
+    )
+
+
+def build_untrained(config: dict):
+    """The toy base's five components, randomly initialised under the config's seed."""
+    from ..models.bases import Base
+
+    v, t, te = config["vae"], config["transformer"], config["text_encoder"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        tokenizer = word_tokenizer()
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(tokenizer),
+                d_model=te["d_model"],
+                d_kv=te["d_kv"],
+                d_ff=te["d_ff"],
+                num_layers=te["num_layers"],
+                num_heads=te["num_heads"],
+                relative_attention_num_buckets=16,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        stride = 2 ** (len(v["dim_mult"]) - 1)
+        vae = AutoencoderKLWan(
+            base_dim=v["base_dim"],
+            z_dim=v["z_dim"],
+            dim_mult=v["dim_mult"],
+            num_res_blocks=v["num_res_blocks"],
+            temperal_downsample=v["temperal_downsample"],
+            latents_mean=[0.0] * v["z_dim"],
+            latents_std=[1.0] * v["z_dim"],
+            scale_factor_spatial=stride,
+            scale_factor_temporal=2 ** sum(v["temperal_downsample"]),
+        )
+        transformer = WanTransformer3DModel(
+            patch_size=tuple(t["patch_size"]),
+            num_attention_heads=t["num_attention_heads"],
+            attention_head_dim=t["attention_head_dim"],
+            in_channels=v["z_dim"],
+            out_channels=v["z_dim"],
+            text_dim=te["d_model"],
+            freq_dim=t["freq_dim"],
+            ffn_dim=t["ffn_dim"],
+            num_layers=t["num_layers"],
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=t["rope_max_seq_len"],
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=t["flow_shift"])
+    size = config["size"]
+    return Base(
+        TOY_BASE, transformer, vae, text_encoder, tokenizer, scheduler, default_area=size * size, default_frames=17
+    )

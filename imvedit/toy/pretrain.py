@@ -1,0 +1,215 @@
+"""Pretrain `shapes-wan`, the bundled toy base, from scratch on the shapes world (CPU-sized).
+
+    python -m imvedit.toy.pretrain --config imvedit/toy/configs/pretrain.yaml -o OUT_DIR [--stage vae|transformer|all]
+
+Stage 1 trains the VAE (`AutoencoderKLWan`) to reconstruct shapes-world clips and measures the
+per-channel latent statistics Wan's pipelines normalise with. Stage 2 renders and encodes a fixed set
+of captioned clips once, then trains the `WanTransformer3DModel` as a text-to-video model with flow
+matching, on one-frame images and multi-frame clips, so its 3D attention learns the world's motion.
+The UMT5 text encoder stays at its seeded random initialisation: a fixed, deterministic embedding of
+the world's words that the transformer learns to read. OUT_DIR gets the diffusers Wan layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.bases import save_base
+from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
+from .bundle import build_untrained, load_config
+from .world import GLOBAL_STYLES, caption, render, sample_example, sample_scene
+
+
+def _to_tensor(video: np.ndarray) -> torch.Tensor:
+    """uint8 (f, h, w, 3) -> float (3, f, h, w) in [-1, 1]."""
+    return torch.from_numpy(video).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _log(path: Path | None, record: dict) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+def train_vae(base, config: dict, log: Path | None = None) -> dict:
+    c, size = config["vae"], config["size"]
+    vae = base.vae
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 100))
+    gen = torch.Generator().manual_seed(config["seed"])
+    seed = 1_000_000 * (config["seed"] + 1)
+    start = time.time()
+    for step in range(c["steps"]):
+        clips = []
+        for _ in range(c["batch_clips"] // 2 or 1):
+            ex = sample_example(
+                seed, frames=c["clip_frames"], size=size
+            )  # source and edited target: every colour/style
+            seed += 1
+            clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
+        x = torch.stack(clips)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == c["steps"] - 1:
+            psnr = -10 * math.log10(F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).item() + 1e-12)
+            _log(
+                log,
+                {
+                    "stage": "vae",
+                    "step": step,
+                    "loss": round(loss.item(), 5),
+                    "psnr": round(psnr, 2),
+                    "s": round(time.time() - start),
+                },
+            )
+    vae.eval().requires_grad_(False)
+
+    # Wan normalises latents per channel with the VAE's own statistics: measure them.
+    with torch.no_grad():
+        zs = [
+            vae.encode(
+                _to_tensor(render(sample_scene(np.random.default_rng(7_000_000 + i)), 5, size))[None]
+            ).latent_dist.mode()
+            for i in range(64)
+        ]
+        z = torch.cat(zs).transpose(0, 1).flatten(1)
+        mean, std = z.mean(1), z.std(1)
+    vae.register_to_config(
+        latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()]
+    )
+    return {"vae_seconds": round(time.time() - start, 1)}
+
+
+def _style_scene(rng: np.random.Generator):
+    scene = sample_scene(rng)
+    if rng.random() < 0.2:
+        scene.style = GLOBAL_STYLES[rng.integers(len(GLOBAL_STYLES))]
+    return scene
+
+
+@torch.no_grad()
+def build_latent_dataset(base, config: dict, n: int, frames: int) -> tuple[torch.Tensor, list[str]]:
+    """Render and encode `n` captioned clips once; training then samples them (and their first frames)."""
+    rng = np.random.default_rng(config["seed"] + 12345)
+    latents, captions = [], []
+    for start in range(0, n, 16):
+        scenes = [_style_scene(rng) for _ in range(min(16, n - start))]
+        x = torch.stack([_to_tensor(render(s, frames, config["size"])) for s in scenes])
+        latents.append(normalize_latents(base.vae, base.vae.encode(x).latent_dist.mode()).half())
+        captions += [caption(s) for s in scenes]
+    return torch.cat(latents), captions
+
+
+def train_transformer(base, config: dict, log: Path | None = None) -> dict:
+    c = config["transformer"]
+    short, long = c["clip_frames"]
+    start = time.time()
+    latents, captions = build_latent_dataset(base, config, c["dataset_clips"], long)
+    _log(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
+    with torch.no_grad():
+        unique = sorted(set(captions))
+        embeds, _ = encode_text(base.tokenizer, base.text_encoder, unique)
+        index = {cap: i for i, cap in enumerate(unique)}
+        caption_ids = torch.tensor([index[cap] for cap in captions])
+        empty, _ = encode_text(base.tokenizer, base.text_encoder, [""])
+    model = base.transformer
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 200))
+    gen = torch.Generator().manual_seed(config["seed"] + 1)
+    losses = []
+    for step in range(c["steps"]):
+        idx = torch.randint(len(captions), (c["batch_size"],), generator=gen)
+        x0 = latents[idx].float()
+        if torch.rand(1, generator=gen).item() < c["image_fraction"]:
+            x0 = x0[:, :, :short]  # the first latent frame depends on the first frame only (causal VAE)
+        text = embeds[caption_ids[idx]]
+        drop = torch.rand(len(idx), generator=gen) < c["text_dropout"]
+        text = torch.where(drop[:, None, None], empty.expand_as(text), text)
+        u = torch.rand(len(idx), generator=gen)
+        sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        pred = model(((1 - s) * x0 + s * noise), sigma * 1000, text, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == c["steps"] - 1:
+            _log(
+                log,
+                {
+                    "stage": "transformer",
+                    "step": step,
+                    "loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
+                    "s": round(time.time() - start),
+                },
+            )
+    model.eval().requires_grad_(False)
+    return {
+        "transformer_seconds": round(time.time() - start, 1),
+        "transformer_final_loss": sum(losses[-200:]) / len(losses[-200:]),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="pretraining config (default: the bundled one)")
+    parser.add_argument("-o", "--output", required=True, help="folder to write the diffusers-format base to")
+    parser.add_argument("--stage", choices=("vae", "transformer", "all"), default="all")
+    parser.add_argument("--init", default=None, help="a base folder to start from (e.g. the VAE stage's output)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config) if args.config else load_config()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "pretrain_log.jsonl"
+    if args.init:
+        from ..models.bases import load_base
+
+        base = load_base(args.init, torch_dtype=torch.float32)
+        base.name = "shapes-wan"
+    else:
+        base = build_untrained(config)
+    report = {}
+    if args.stage in ("vae", "all"):
+        report.update(train_vae(base, config, log))
+    if args.stage in ("transformer", "all"):
+        report.update(train_transformer(base, config, log))
+    save_base(base, out)
+    (out / "pretrain_report.json").write_text(json.dumps({**report, "config": config}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
