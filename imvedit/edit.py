@@ -19,7 +19,7 @@ from PIL import Image
 from .errors import UsageError
 from .fsutil import check_output_path
 from .models.adapter_file import check_base, load_adapter, read_adapter_metadata
-from .models.bases import Base, load_base
+from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, load_base
 from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .video.io import is_image, read_image, read_video, write_image, write_video
 
@@ -33,8 +33,8 @@ class EditConfig:
     output: Path  # where to write the edited file (same kind as the input)
     model: str | None = None  # the base; may be omitted when the adapter names its base
     adapter: str | None = None  # an adapter .safetensors or a run folder holding adapter.safetensors
-    steps: int = 30  # denoising steps
-    guidance: float = 5.0  # text guidance scale (1 turns it off)
+    steps: int | None = None  # denoising steps (default: the base's, 30 for Wan)
+    guidance: float | None = None  # text guidance scale, 1 turns it off (default: the base's, 5 for Wan)
     source_guidance: float = 1.0  # source guidance scale (1 turns it off)
     strength: float = 1.0  # < 1 starts from the noised source instead of pure noise
     seed: int = 0  # the noise seed
@@ -48,13 +48,14 @@ class EditConfig:
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise UsageError("The prompt is empty.", 'Say what the edit should do, e.g. "make it winter".')
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
-        if self.model is None and self.adapter is None:
+        if self.model is None and self.adapter is None and not bundle_available():
             raise UsageError(
-                "No model given.", "Pass --model (a diffusers Wan folder, a hub id or 'tiny-random') and --adapter."
+                "No --model given, and this build has no bundled toy model to fall back on.",
+                "Pass --model (a diffusers Wan folder, a hub id, or 'tiny-random') and --adapter.",
             )
         if Path(self.input).suffix.lower() != Path(self.output).suffix.lower() and is_image(self.input) != is_image(
             self.output
@@ -120,16 +121,21 @@ def edit(config: EditConfig, progress: Callable[[int, int], None] | None = None)
         fps, audio = info.fps, (config.input if info.has_audio else None)
     height, width = frames.shape[1:3]
 
+    model, adapter_path = config.model, config.adapter
+    if model is None and adapter_path is None:  # the embedded default (validate checked it ships)
+        model, adapter_path = SHAPES_WAN, str(SHAPES_WAN_ADAPTER)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base, adapter = load_model(config.model, config.adapter, device, dtype)
+    base, adapter = load_model(model, adapter_path, device, dtype)
+    steps = config.steps or base.default_steps
+    guidance = config.guidance if config.guidance is not None else base.default_guidance
     pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
     pipe.set_progress_bar_config(disable=True)
     work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
 
     def on_step(_pipe, i, _t, _kw):
         if progress:
-            progress(i + 1, config.steps)
+            progress(i + 1, steps)
         return _kw
 
     result = pipe(
@@ -137,8 +143,8 @@ def edit(config: EditConfig, progress: Callable[[int, int], None] | None = None)
         config.prompt,
         negative_prompt=config.negative_prompt,
         gate_prompt=config.gate_prompt,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
         source_guidance_scale=config.source_guidance,
         strength=config.strength,
         generator=torch.Generator().manual_seed(config.seed),
@@ -163,6 +169,6 @@ def edit(config: EditConfig, progress: Callable[[int, int], None] | None = None)
         "working_size": list(work),
         "fps": str(fps) if fps else None,
         "model": base.name,
-        "adapter": str(resolve_adapter_path(config.adapter)) if config.adapter else None,
+        "adapter": str(resolve_adapter_path(adapter_path)) if adapter_path else None,
         "seconds": round(time.time() - start, 3),
     }

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import emit, progress_bar, run
+from ._common import emit, err_console, progress_bar, run
 
 
 def edit(
@@ -13,8 +13,10 @@ def edit(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the edited file."),
     model: str | None = typer.Option(None, "--model", help="The base; optional when the adapter names its base."),
     adapter: str | None = typer.Option(None, "--adapter", help="An adapter .safetensors or a run folder."),
-    steps: int = typer.Option(30, "--steps", help="Denoising steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Text guidance scale (1 = off)."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps. [default: the base's; 30 for Wan]"),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Text guidance scale, 1 = off. [default: the base's; 5 for Wan]"
+    ),
     source_guidance: float = typer.Option(1.0, "--source-guidance", help="Source guidance scale (1 = off)."),
     strength: float = typer.Option(1.0, "--strength", help="Below 1, start from the noised source."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
@@ -44,6 +46,13 @@ def edit(
         overwrite=overwrite,
         save_mask=save_mask,
     )
+    from ..models.bases import bundle_available
+
+    if model is None and adapter is None and bundle_available():
+        err_console.print(
+            "Using the bundled toy model shapes-wan (a 64x64 shapes world); for real footage pass --model with a Wan base and --adapter.",
+            markup=False,
+        )
     with progress_bar("edit", not json_out) as bar:
         result = run(lambda: run_edit(config, progress=bar))
     emit(result, json_out, f"Wrote {output} ({result['frames']} frames, {result['seconds']:.1f} s).")

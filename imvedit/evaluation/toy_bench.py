@@ -111,15 +111,14 @@ def contact_sheet(rows: list[np.ndarray], path: Path, max_columns: int = 9) -> P
 
 def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     from ..edit import load_model
-    from ..models.bases import SHAPES_WAN
+    from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
     from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
-    from ..toy.bundle import TOY_ADAPTER
     from ..toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
 
     config.validate()
     start = time.time()
     model = config.model or SHAPES_WAN
-    adapter = config.adapter or (str(TOY_ADAPTER) if model == SHAPES_WAN else None)
+    adapter = config.adapter or (str(SHAPES_WAN_ADAPTER) if model == SHAPES_WAN else None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, loaded = load_model(model, adapter, device, torch.float32)
     pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded)

@@ -22,6 +22,9 @@ from ..errors import ImveditError, UsageError
 
 TINY_RANDOM = "tiny-random"
 SHAPES_WAN = "shapes-wan"  # the bundled toy base, pretrained on the shapes world (imvedit/toy)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHAPES_WAN_DIR = ASSETS / SHAPES_WAN  # diffusers layout
+SHAPES_WAN_ADAPTER = ASSETS / "shapes-wan-edit.safetensors"  # its edit adapter, trained on image pairs only
 BUILTIN_BASES = (SHAPES_WAN, TINY_RANDOM)
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -40,6 +43,9 @@ class Base:
     # Working-resolution defaults of this base: pixel area and the frame window the base was trained on.
     default_area: int = 480 * 832
     default_frames: int = 81
+    # Sampling defaults for `imvedit edit` on this base.
+    default_steps: int = 30
+    default_guidance: float = 5.0
 
     @property
     def fingerprint(self) -> str:
@@ -52,6 +58,11 @@ class Base:
             "fingerprint": self.fingerprint,
             "transformer_config": _public_config(self.transformer.config),
         }
+
+
+def bundle_available() -> bool:
+    """Whether the embedded default (the shapes-wan base and its adapter) ships with this build."""
+    return (SHAPES_WAN_DIR / "model_index.json").is_file() and SHAPES_WAN_ADAPTER.is_file()
 
 
 def _public_config(config) -> dict:
@@ -162,10 +173,14 @@ def load_base(
 ) -> Base:
     """Load a base by name. `components` limits what is loaded (e.g. no VAE when latents are cached)."""
     if name == SHAPES_WAN:
-        from ..toy.bundle import TOY_BASE_DIR
-
-        base = _load_diffusers_layout(str(TOY_BASE_DIR), components, torch_dtype)
+        if not bundle_available():
+            raise UsageError(
+                "This build of imvedit does not include the bundled toy base shapes-wan.",
+                "Pass --model with a diffusers Wan folder or hub id, or 'tiny-random' for a smoke run.",
+            )
+        base = _load_diffusers_layout(str(SHAPES_WAN_DIR), components, torch_dtype)
         base.name, base.default_area, base.default_frames = SHAPES_WAN, 64 * 64, 17
+        base.default_steps, base.default_guidance = 20, 3.0
     elif name == TINY_RANDOM:
         base = build_tiny_random()
         if torch_dtype is not None and torch_dtype != torch.float32:

@@ -133,8 +133,9 @@ class ImVideoEditPipeline(DiffusionPipeline):
         x = video_to_tensor(video)
         self.check_inputs(x, prompt, strength, num_inference_steps)
         num_frames = x.shape[2]
-        # Wan's VAE wants 4k+1 frames: pad with the last frame, trim after decoding.
-        pad = (-(num_frames - 1)) % self.vae_scale_factor_temporal
+        # Wan's VAE encodes a first frame and then chunks of 4 (whatever its temporal compression), so
+        # it needs 4k+1 frames: pad with the last frame, trim after decoding.
+        pad = (-(num_frames - 1)) % 4
         if pad:
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
         dtype = self.transformer.dtype

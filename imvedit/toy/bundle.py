@@ -14,12 +14,9 @@ import yaml
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from ..models.bases import SHAPES_WAN, Base
 from .world import vocabulary
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-TOY_BASE = "shapes-wan"
-TOY_BASE_DIR = ASSETS / TOY_BASE
-TOY_ADAPTER = ASSETS / "shapes-wan-edit.safetensors"
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -50,8 +47,6 @@ def word_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
 
 def build_untrained(config: dict):
     """The toy base's five components, randomly initialised under the config's seed."""
-    from ..models.bases import Base
-
     v, t, te = config["vae"], config["transformer"], config["text_encoder"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
@@ -99,5 +94,5 @@ def build_untrained(config: dict):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=t["flow_shift"])
     size = config["size"]
     return Base(
-        TOY_BASE, transformer, vae, text_encoder, tokenizer, scheduler, default_area=size * size, default_frames=17
+        SHAPES_WAN, transformer, vae, text_encoder, tokenizer, scheduler, default_area=size * size, default_frames=17
     )

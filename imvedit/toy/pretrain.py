@@ -55,6 +55,10 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 100))
     gen = torch.Generator().manual_seed(config["seed"])
     seed = 1_000_000 * (config["seed"] + 1)
+    # The VAE clamps its decoded output to [-1, 1], which zeroes the gradient of every saturated pixel
+    # (and pure colours sit exactly at the bounds); the loss is taken on the decoder's raw output instead.
+    raw: list[torch.Tensor] = []
+    hook = vae.decoder.register_forward_hook(lambda m, a, out: raw.append(out))
     start = time.time()
     for step in range(c["steps"]):
         clips = []
@@ -65,9 +69,16 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
             seed += 1
             clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
         x = torch.stack(clips)
+        if c.get("crop"):  # the VAE is convolutional: random crops give 4x the samples for the same compute
+            i, j = (int(v) for v in torch.randint(0, size - c["crop"] + 1, (2,), generator=gen))
+            x = x[..., i : i + c["crop"], j : j + c["crop"]].contiguous()
         posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=gen)
-        recon = vae.decode(z).sample
+        # The posterior mean plus a little fixed noise: a sampled posterior starts with unit variance and
+        # buries the signal for hundreds of steps; a small noise keeps the decoder robust to imperfect latents.
+        z = posterior.mode() + c["latent_noise"] * torch.randn(posterior.mean.shape, generator=gen)
+        raw.clear()
+        vae.decode(z)
+        recon = torch.cat(raw, dim=2)
         kl = posterior.kl().mean() / z[0].numel()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * kl
         opt.zero_grad(set_to_none=True)
@@ -87,6 +98,7 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
                     "s": round(time.time() - start),
                 },
             )
+    hook.remove()
     vae.eval().requires_grad_(False)
 
     # Wan normalises latents per channel with the VAE's own statistics: measure them.

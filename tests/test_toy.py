@@ -1,0 +1,91 @@
+"""The embedded default: toy pairs, the toy bench, and the bundled shapes-wan base and adapter."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from imvedit.cli.main import app
+from imvedit.evaluation.toy_bench import ToyBenchConfig, gate_iou, run_toy_bench
+from imvedit.models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, SHAPES_WAN_DIR, load_base
+
+runner = CliRunner()
+bundled = pytest.mark.skipif(not SHAPES_WAN_ADAPTER.exists(), reason="the bundle is built by imvedit.toy.pretrain")
+
+
+def test_prepare_toy_renders_image_pairs(tmp_path):
+    result = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "pairs"), "--limit", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "pairs" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["width"] == r["height"] == 64 for r in rows)
+    assert all(r["instruction"] and r["caption"] for r in rows)
+    assert len({r["kind"] for r in rows}) >= 3
+    again = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "pairs2"), "--limit", "12"])
+    assert again.exit_code == 0
+    assert (tmp_path / "pairs" / "images" / "000005_target.png").read_bytes() == (
+        tmp_path / "pairs2" / "images" / "000005_target.png"
+    ).read_bytes()
+
+
+def test_prepare_toy_needs_a_limit(tmp_path):
+    result = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "--limit" in result.output
+
+
+def test_gate_iou():
+    mask = np.zeros((2, 4, 4), bool)
+    mask[:, :2] = True
+    gate = np.where(mask, 0.9, 0.2)
+    assert gate_iou(gate, mask) == 1.0
+    assert gate_iou(np.where(mask, 0.2, 0.9), mask) == 0.0
+
+
+def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
+    cfg = ToyBenchConfig(
+        model="tiny-random", clips=3, frames=5, size=32, steps=1, edits=("recolor", "global"), report=tmp_path
+    )
+    result = run_toy_bench(cfg)
+    assert result["clips"] == 3 and set(result["per_kind"]) <= {"recolor", "global"}
+    for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "temporal_error_floor"):
+        assert result["overall"][key] is not None and math.isfinite(result["overall"][key])
+    assert result["overall"]["gate_iou"] is None  # no adapter, no gate
+    assert list(tmp_path.glob("contact_*.png")) and (tmp_path / "metrics.json").is_file()
+
+
+@bundled
+def test_the_bundle_loads_offline_from_the_package():
+    base = load_base(SHAPES_WAN, torch_dtype=torch.float32)
+    assert (SHAPES_WAN_DIR / "model_index.json").is_file()
+    assert base.tokenizer("make the circle red").input_ids[-1] == 1  # every word known, then </s>
+    assert base.tokenizer.unk_token_id not in base.tokenizer("make the circle red").input_ids
+    total = sum(p.stat().st_size for p in SHAPES_WAN_DIR.rglob("*") if p.is_file()) + SHAPES_WAN_ADAPTER.stat().st_size
+    assert total <= 25 * 2**20
+
+
+@bundled
+def test_edit_with_no_model_uses_the_bundle(tmp_path):
+    from imvedit.toy.world import render, sample_scene
+    from imvedit.video.io import read_video, write_video
+
+    clip = write_video(tmp_path / "in.mp4", render(sample_scene(np.random.default_rng(3)), 9, 64), fps=8)
+    result = runner.invoke(
+        app, ["edit", str(clip), "make it black and white", "-o", str(tmp_path / "out.mp4"), "--steps", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "bundled toy model shapes-wan" in result.output
+    frames, info = read_video(tmp_path / "out.mp4")
+    assert frames.shape == (9, 64, 64, 3) and info.fps == 8
+
+
+@pytest.mark.skipif(SHAPES_WAN_ADAPTER.exists(), reason="only for builds without the bundle")
+def test_without_the_bundle_edit_asks_for_a_model(tmp_path, clip):
+    from imvedit.errors import UsageError
+
+    result = runner.invoke(app, ["edit", str(clip), "make it red", "-o", str(tmp_path / "out.mp4")])
+    assert result.exit_code == 2 and "--model" in result.output
+    assert not (tmp_path / "out.mp4").exists()
+    with pytest.raises(UsageError, match="does not include the bundled toy base"):
+        load_base(SHAPES_WAN)
