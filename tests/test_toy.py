@@ -89,3 +89,20 @@ def test_without_the_bundle_edit_asks_for_a_model(tmp_path, clip):
     assert not (tmp_path / "out.mp4").exists()
     with pytest.raises(UsageError, match="does not include the bundled toy base"):
         load_base(SHAPES_WAN)
+
+
+def test_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
+    from imvedit.toy.bundle import load_config
+    from imvedit.toy.pretrain import main
+
+    config = load_config()
+    config["vae"]["steps"] = 2
+    config["transformer"].update(steps=2, dataset_clips=4, batch_size=2)
+    import yaml
+
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    main(["--config", str(tmp_path / "small.yaml"), "-o", str(tmp_path / "base")])
+    base = load_base(str(tmp_path / "base"), torch_dtype=torch.float32)
+    assert base.vae.config.scale_factor_spatial == 4 and base.vae.config.patch_size == 4
+    assert len(base.vae.config.latents_std) == config["vae"]["z_dim"]
+    assert base.tokenizer.unk_token_id not in base.tokenizer("make the circle red").input_ids

@@ -173,7 +173,7 @@ def load_base(
 ) -> Base:
     """Load a base by name. `components` limits what is loaded (e.g. no VAE when latents are cached)."""
     if name == SHAPES_WAN:
-        if not bundle_available():
+        if not (SHAPES_WAN_DIR / "model_index.json").is_file():
             raise UsageError(
                 "This build of imvedit does not include the bundled toy base shapes-wan.",
                 "Pass --model with a diffusers Wan folder or hub id, or 'tiny-random' for a smoke run.",

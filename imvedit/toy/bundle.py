@@ -65,9 +65,13 @@ def build_untrained(config: dict):
                 decoder_start_token_id=0,
             )
         )
-        stride = 2 ** (len(v["dim_mult"]) - 1)
+        patch = v.get("patch_size") or 1
+        stride = patch * 2 ** (len(v["dim_mult"]) - 1)
         vae = AutoencoderKLWan(
             base_dim=v["base_dim"],
+            in_channels=3 * patch * patch,
+            out_channels=3 * patch * patch,
+            patch_size=v.get("patch_size"),
             z_dim=v["z_dim"],
             dim_mult=v["dim_mult"],
             num_res_blocks=v["num_res_blocks"],
