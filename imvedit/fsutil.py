@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,25 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield a hidden sibling folder to fill; on success it replaces `dest`, on any failure (an error,
+    Ctrl-C) it is removed, so `dest` only ever holds a complete result."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
 
 
 def check_output_path(output: str | Path, inputs: list[str | Path] = (), overwrite: bool = False) -> Path:

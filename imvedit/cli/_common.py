@@ -28,7 +28,7 @@ def run(fn: Callable[[], T]) -> T:
             raise
         fail(e)
     except KeyboardInterrupt:
-        err_console.print("Interrupted; nothing partial was written.")
+        err_console.print("Interrupted; the output was not written.")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback unless asked
         if state["debug"]:

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import random
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
 from ..errors import UsageError
+from ..fsutil import staged_dir
 
 FORMAT_VERSION = 1
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "metadata.jsonl", "metadata.csv")
@@ -239,42 +239,35 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     """Validate, resize and write the pairs of `config.source` into `config.output`. Returns the summary."""
     config.validate()
     rows, total, mapping = iter_source(config)
-    out = Path(config.output)
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    kept, dropped = 0, Counter()
-    with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
-        for n, row in enumerate(rows, 1):
-            if config.limit is not None and kept >= config.limit:
-                break
-            reason = _write_pair(row, tmp, kept, config, manifest)
-            if reason:
-                dropped[reason] += 1
-            else:
-                kept += 1
-            if progress:
-                progress(n, total)
-    if kept == 0:
-        shutil.rmtree(tmp)
-        raise UsageError(
-            f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).",
-            "Check the images and instructions.",
-        )
-    summary = {
-        "format_version": FORMAT_VERSION,
-        "imvedit_version": __version__,
-        "source": str(config.source),
-        "columns": mapping,
-        "options": {k: v for k, v in asdict(config).items() if k not in ("source", "output")},
-        "kept": kept,
-        "dropped": dict(dropped),
-    }
-    (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with staged_dir(config.output) as tmp:
+        (tmp / "images").mkdir()
+        kept, dropped = 0, Counter()
+        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+            for n, row in enumerate(rows, 1):
+                if config.limit is not None and kept >= config.limit:
+                    break
+                reason = _write_pair(row, tmp, kept, config, manifest)
+                if reason:
+                    dropped[reason] += 1
+                else:
+                    kept += 1
+                if progress:
+                    progress(n, total)
+        if kept == 0:
+            raise UsageError(
+                f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).",
+                "Check the images and instructions.",
+            )
+        summary = {
+            "format_version": FORMAT_VERSION,
+            "imvedit_version": __version__,
+            "source": str(config.source),
+            "columns": mapping,
+            "options": {k: v for k, v in asdict(config).items() if k not in ("source", "output")},
+            "kept": kept,
+            "dropped": dict(dropped),
+        }
+        (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -40,9 +40,8 @@ class Base:
     text_encoder: UMT5EncoderModel | None
     tokenizer: PreTrainedTokenizerFast | None
     scheduler: object
-    # Working-resolution defaults of this base: pixel area and the frame window the base was trained on.
+    # The working resolution `imvedit edit` picks for this base, in pixels.
     default_area: int = 480 * 832
-    default_frames: int = 81
     # Sampling defaults for `imvedit edit` on this base.
     default_steps: int = 30
     default_guidance: float = 5.0
@@ -144,9 +143,7 @@ def build_tiny_random(seed: int = 0) -> Base:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     for m in (transformer, vae, text_encoder):
         m.eval()
-    return Base(
-        TINY_RANDOM, transformer, vae, text_encoder, tokenizer, scheduler, default_area=32 * 32, default_frames=9
-    )
+    return Base(TINY_RANDOM, transformer, vae, text_encoder, tokenizer, scheduler, default_area=32 * 32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +176,7 @@ def load_base(
                 "Pass --model with a diffusers Wan folder or hub id, or 'tiny-random' for a smoke run.",
             )
         base = _load_diffusers_layout(str(SHAPES_WAN_DIR), components, torch_dtype)
-        base.name, base.default_area, base.default_frames = SHAPES_WAN, 64 * 64, 17
+        base.name, base.default_area = SHAPES_WAN, 64 * 64
         base.default_steps, base.default_guidance = 20, 3.0
     elif name == TINY_RANDOM:
         base = build_tiny_random()

@@ -22,7 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..errors import UsageError
-from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, SourceFeatures
 
 
 @dataclass
@@ -185,7 +185,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 branch_features = (
                     features.repeat(n_branches)
                     if not use_source_cfg
-                    else type(features).cat([features.repeat(2), null_features])
+                    else SourceFeatures.cat([features.repeat(2), null_features])
                 )
             gate_sum, gate_count = None, 0
             for i, t in enumerate(timesteps):

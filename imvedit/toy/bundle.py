@@ -97,6 +97,4 @@ def build_untrained(config: dict):
         )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=t["flow_shift"])
     size = config["size"]
-    return Base(
-        SHAPES_WAN, transformer, vae, text_encoder, tokenizer, scheduler, default_area=size * size, default_frames=17
-    )
+    return Base(SHAPES_WAN, transformer, vae, text_encoder, tokenizer, scheduler, default_area=size * size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +20,7 @@ import yaml
 from .. import __version__
 from ..data.pairs import BucketBatchSampler, PairsDataset
 from ..errors import UsageError
+from ..fsutil import staged_dir
 from ..models.adapter_file import save_adapter
 from ..models.bases import load_base
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
@@ -152,79 +152,75 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         empty_text, empty_gate = encode_text(base.tokenizer, base.text_encoder, [""])
 
     # 2. The loop
-    out = Path(config.output)
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(config.seed)
-    step, start, losses = 0, time.time(), []
-    with open(tmp / "log.jsonl", "w") as log:
-        for epoch in range(math.ceil(total / steps_per_epoch)):
-            sampler.set_epoch(epoch)
-            for batch in loader:
-                if step >= total:
-                    break
-                with torch.no_grad():
-                    latents = _encode_images(base.vae, torch.cat([batch["source"], batch["target"]]).to(device))
-                    source, target = latents.chunk(2)
-                    xattn = _pick_text(batch, config.cross_attention_text, generator)
-                    gtext = _pick_text(batch, config.gate_text, generator)
-                    text, _ = encode_text(base.tokenizer, base.text_encoder, xattn)
-                    _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
-                with accelerator.autocast():
-                    loss = flow_matching_loss(
-                        model,
-                        source,
-                        target,
-                        text,
-                        gate_pooled,
-                        empty_text,
-                        empty_gate,
-                        generator,
-                        config.text_dropout,
-                        config.source_dropout,
-                        config.flow_shift,
-                        forward=ddp_model,
+    with staged_dir(config.output) as tmp:
+        generator = torch.Generator().manual_seed(config.seed)
+        step, start, losses = 0, time.time(), []
+        with open(tmp / "log.jsonl", "w") as log:
+            for epoch in range(math.ceil(total / steps_per_epoch)):
+                sampler.set_epoch(epoch)
+                for batch in loader:
+                    if step >= total:
+                        break
+                    with torch.no_grad():
+                        latents = _encode_images(base.vae, torch.cat([batch["source"], batch["target"]]).to(device))
+                        source, target = latents.chunk(2)
+                        xattn = _pick_text(batch, config.cross_attention_text, generator)
+                        gtext = _pick_text(batch, config.gate_text, generator)
+                        text, _ = encode_text(base.tokenizer, base.text_encoder, xattn)
+                        _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
+                    with accelerator.autocast():
+                        loss = flow_matching_loss(
+                            model,
+                            source,
+                            target,
+                            text,
+                            gate_pooled,
+                            empty_text,
+                            empty_gate,
+                            generator,
+                            config.text_dropout,
+                            config.source_dropout,
+                            config.flow_shift,
+                            forward=ddp_model,
+                        )
+                    if not torch.isfinite(loss):
+                        raise UsageError(
+                            f"The loss became {loss.item()} at step {step + 1}.",
+                            "Lower --lr or use --mixed-precision no.",
+                        )
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    losses.append(loss.item())
+                    log.write(
+                        json.dumps(
+                            {"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}
+                        )
+                        + "\n"
                     )
-                if not torch.isfinite(loss):
-                    raise UsageError(
-                        f"The loss became {loss.item()} at step {step + 1}.", "Lower --lr or use --mixed-precision no."
-                    )
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                losses.append(loss.item())
-                log.write(
-                    json.dumps(
-                        {"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}
-                    )
-                    + "\n"
-                )
-                if progress:
-                    progress(step, total, losses[-1])
+                    if progress:
+                        progress(step, total, losses[-1])
 
-    # 3. The run folder
-    seconds = time.time() - start
-    summary = {
-        "imvedit_version": __version__,
-        "steps": step,
-        "pairs": len(dataset),
-        "pairs_seen": step * config.batch_size,
-        "seconds": round(seconds, 3),
-        "final_loss": losses[-1],
-        "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-        "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
-        "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
-    }
-    model.detach()
-    save_adapter(adapter, tmp / "adapter.safetensors", base.identity, training={**summary, "config": config.to_dict()})
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        # 3. The run folder
+        seconds = time.time() - start
+        summary = {
+            "imvedit_version": __version__,
+            "steps": step,
+            "pairs": len(dataset),
+            "pairs_seen": step * config.batch_size,
+            "seconds": round(seconds, 3),
+            "final_loss": losses[-1],
+            "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+            "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
+            "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
+        }
+        model.detach()
+        save_adapter(
+            adapter, tmp / "adapter.safetensors", base.identity, training={**summary, "config": config.to_dict()}
+        )
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

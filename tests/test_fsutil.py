@@ -1,0 +1,36 @@
+import pytest
+
+from imvedit.errors import UsageError
+from imvedit.fsutil import atomic_path, check_output_path, staged_dir
+
+
+def test_staged_dir_appears_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), staged_dir(dest) as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise KeyboardInterrupt
+    assert not dest.exists() and not list(tmp_path.iterdir())
+    with staged_dir(dest) as tmp:
+        (tmp / "done.txt").write_text("ok")
+    assert (dest / "done.txt").read_text() == "ok" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
+    dest = tmp_path / "out.mp4"
+    dest.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert dest.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_check_output_path(tmp_path):
+    src = tmp_path / "in.mp4"
+    src.write_text("x")
+    with pytest.raises(UsageError, match="is the input"):
+        check_output_path(src, [src], overwrite=True)
+    with pytest.raises(UsageError, match="already exists"):
+        check_output_path(src, [])
+    with pytest.raises(UsageError, match="does not exist"):
+        check_output_path(tmp_path / "nowhere" / "o.mp4", [])
+    assert check_output_path(tmp_path / "o.mp4", [src]) == tmp_path / "o.mp4"
