@@ -58,15 +58,8 @@ def eval_(
 
 
 def _bench_table(result: dict) -> str:
-    cols = (
-        "edit_psnr",
-        "edit_region_psnr",
-        "preserve_psnr",
-        "temporal_error",
-        "gate_iou",
-        "edit_psnr_ceiling",
-        "temporal_error_floor",
-    )
+    from ..evaluation.toy_bench import BENCH_METRICS as cols
+
     head = f"{'kind':12s} {'clips':>5s} " + " ".join(f"{c[:18]:>18s}" for c in cols)
     lines = [head]
     for name, agg in [*result["per_kind"].items(), ("overall", result["overall"])]:

@@ -31,6 +31,15 @@ from .metrics import psnr, temporal_error
 
 BENCH_SEED_OFFSET = 10**9  # far from prepare toy's training seeds
 PROMPTS = ("description", "instruction")
+BENCH_METRICS = (
+    "edit_psnr",
+    "edit_region_psnr",
+    "preserve_psnr",
+    "temporal_error",
+    "gate_iou",
+    "edit_psnr_ceiling",
+    "temporal_error_floor",
+)
 
 
 @dataclass
@@ -165,18 +174,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         if progress:
             progress(i + 1, config.clips)
 
-    metrics = (
-        "edit_psnr",
-        "edit_region_psnr",
-        "preserve_psnr",
-        "temporal_error",
-        "gate_iou",
-        "edit_psnr_ceiling",
-        "temporal_error_floor",
-    )
-
     def aggregate(rows):
-        return {m: _mean([r[m] for r in rows]) for m in metrics} | {"clips": len(rows)}
+        return {m: _mean([r[m] for r in rows]) for m in BENCH_METRICS} | {"clips": len(rows)}
 
     result = {
         "bench": "toy",
