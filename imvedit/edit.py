@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .fsutil import check_output_path
-from .models.adapter_file import check_base, load_adapter, read_adapter_metadata
+from .models.adapter_file import load_adapter, read_adapter_metadata
 from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, load_base
 from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .video.io import is_image, read_image, read_video, write_image, write_video
@@ -84,7 +84,6 @@ def load_model(model: str | None, adapter: str | None, device: torch.device, dty
     base = load_base(model, torch_dtype=dtype)
     loaded = None
     if adapter is not None:
-        check_base(meta, base.fingerprint, adapter_path)
         loaded, _ = load_adapter(adapter_path, base.fingerprint)
     for m in (base.transformer, base.vae, base.text_encoder):
         m.to(device)

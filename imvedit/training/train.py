@@ -166,8 +166,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                         source, target = latents.chunk(2)
                         xattn = _pick_text(batch, config.cross_attention_text, generator)
                         gtext = _pick_text(batch, config.gate_text, generator)
-                        text, _ = encode_text(base.tokenizer, base.text_encoder, xattn)
-                        _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
+                        text, gate_pooled = encode_text(base.tokenizer, base.text_encoder, xattn)
+                        if gtext != xattn:  # one text-encoder pass when both read the same text
+                            _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
                     with accelerator.autocast():
                         loss = flow_matching_loss(
                             model,
