@@ -34,3 +34,15 @@ def test_check_output_path(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         check_output_path(tmp_path / "nowhere" / "o.mp4", [])
     assert check_output_path(tmp_path / "o.mp4", [src]) == tmp_path / "o.mp4"
+
+
+def test_atomic_path_gives_the_file_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
