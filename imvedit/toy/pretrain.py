@@ -6,8 +6,9 @@ Stage 1 trains the VAE (`AutoencoderKLWan`) to reconstruct shapes-world clips an
 per-channel latent statistics Wan's pipelines normalise with. Stage 2 renders and encodes a fixed set
 of captioned clips once, then trains the `WanTransformer3DModel` as a text-to-video model with flow
 matching, on one-frame images and multi-frame clips, so its 3D attention learns the world's motion.
-The UMT5 text encoder stays at its seeded random initialisation: a fixed, deterministic embedding of
-the world's words that the transformer learns to read. OUT_DIR gets the diffusers Wan layout.
+The small UMT5 text encoder trains with the transformer (`text_encoder.train`): kept at its random
+initialisation it blurred word identity enough that the base never learned to draw the named shapes.
+OUT_DIR gets the diffusers Wan layout.
 """
 
 from __future__ import annotations
@@ -132,15 +133,12 @@ def train_transformer(base, config: dict, log: Path | None = None) -> dict:
     start = time.time()
     latents, captions = build_latent_dataset(base, config, c["dataset_clips"], long)
     _log(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
-    with torch.no_grad():
-        unique = sorted(set(captions))
-        embeds, _ = encode_text(base.tokenizer, base.text_encoder, unique)
-        index = {cap: i for i, cap in enumerate(unique)}
-        caption_ids = torch.tensor([index[cap] for cap in captions])
-        empty, _ = encode_text(base.tokenizer, base.text_encoder, [""])
-    model = base.transformer
+    train_text = bool(config["text_encoder"].get("train", False))
+    model, text_encoder = base.transformer, base.text_encoder
     model.train().requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=0.01)
+    text_encoder.train(train_text).requires_grad_(train_text)
+    params = list(model.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+    opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 200))
     gen = torch.Generator().manual_seed(config["seed"] + 1)
     losses = []
@@ -149,9 +147,10 @@ def train_transformer(base, config: dict, log: Path | None = None) -> dict:
         x0 = latents[idx].float()
         if torch.rand(1, generator=gen).item() < c["image_fraction"]:
             x0 = x0[:, :, :short]  # the first latent frame depends on the first frame only (causal VAE)
-        text = embeds[caption_ids[idx]]
         drop = torch.rand(len(idx), generator=gen) < c["text_dropout"]
-        text = torch.where(drop[:, None, None], empty.expand_as(text), text)
+        prompts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
+        with torch.set_grad_enabled(train_text):
+            text, _ = encode_text(base.tokenizer, text_encoder, prompts)
         u = torch.rand(len(idx), generator=gen)
         sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
         noise = torch.randn(x0.shape, generator=gen)
@@ -160,7 +159,7 @@ def train_transformer(base, config: dict, log: Path | None = None) -> dict:
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -175,6 +174,7 @@ def train_transformer(base, config: dict, log: Path | None = None) -> dict:
                 },
             )
     model.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
     return {
         "transformer_seconds": round(time.time() - start, 1),
         "transformer_final_loss": sum(losses[-200:]) / len(losses[-200:]),

@@ -74,8 +74,8 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 SUPERSAMPLE = 2
-_STRIPE_PERIOD = 1 / 6  # one light and one dark stripe per period
-_SIZE_RANGE = (0.12, 0.22)
+_STRIPE_PERIOD = 1 / 4  # one light and one dark stripe per period; 8 px stripes at 64 px survive a stride-4 VAE
+_SIZE_RANGE = (0.2, 0.34)  # 13-22 px at 64 px: two or more latent tokens across, so a tiny base can draw them
 _SPEED_RANGE = (0.01, 0.03)
 _SQUARE_HALF = 0.85  # a square's half-side relative to the object's radius, so its area is close to the disc's
 _STAR_INNER = 0.45  # inner/outer radius: fatter than a regular pentagram, so small stars stay legible
