@@ -40,7 +40,16 @@ def inputs(batch=1, frames=3, h=8, w=8, seed=0):
 
 @pytest.mark.parametrize(
     "switches",
-    [{}, {"branches": "zero_out"}, {"ffn_lora": True}, {"every_k_blocks": 2}, {"gate": "none"}, {"gate": "no_text"}],
+    [
+        {},
+        {"branches": "zero_out"},
+        {"ffn_lora": True},
+        {"every_k_blocks": 2},
+        {"gate": "none"},
+        {"gate": "no_text"},
+        {"gate_mix": False},
+        {"gate_source": False},
+    ],
 )
 def test_fresh_adapter_leaves_the_base_output_unchanged(tiny_base, switches):
     base = tiny_base.transformer
@@ -175,8 +184,8 @@ def test_sda_of_a_frame_reads_only_that_frames_source(tiny_base):
     def run(s_mod, s_ln):
         src = {"mod": s_mod, "k": attn.to_k(s_mod), "v": attn.to_v(s_mod), "ln": s_ln}
         with torch.no_grad():
-            delta, gate = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
-        return (gate * delta).reshape(frames, h * w, dim)
+            update, _ = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
+        return update.reshape(frames, h * w, dim)
 
     before = run(s_mod, s_ln)
     hw = h * w

@@ -55,8 +55,9 @@ class SpatialDifferenceAttention(nn.Module):
     norms are the block's own (passed in, never copied); each branch adds its low-rank updates. With
     `pos_neg` the neg branch is subtracted, so at initialisation the two cancel exactly.
     The aligned term maps `LN(S_f) - LN(X_f)` token by token through a zero-initialised low-rank map.
-    *Gate*: a per-token g in (0, 1) from the normalised token and the pooled instruction, modulated by
-    the timestep embedding.
+    *Gate*: a per-token g in (0, 1) from the normalised token, the source token at the same position and
+    the pooled instruction, modulated by the timestep embedding. *Update*: the target tokens get
+    `g * attention_delta + (1 - g) * aligned_term` (`gate_mix`), or `g * (attention_delta + aligned_term)`.
     """
 
     def __init__(
@@ -68,9 +69,12 @@ class SpatialDifferenceAttention(nn.Module):
         aligned_rank: int,
         gate: str,
         gate_dim: int,
+        gate_source: bool = True,
+        gate_mix: bool = True,
     ):
         super().__init__()
         self.gate_mode = gate
+        self.gate_mix = gate_mix and gate != "none" and aligned_difference
         names = ("pos", "neg") if branches == "pos_neg" else ("delta",)
         self.branches = nn.ModuleDict(
             {n: nn.ModuleDict({p: LowRank(dim, dim, rank) for p in ("q", "k", "v", "o")}) for n in names}
@@ -78,6 +82,8 @@ class SpatialDifferenceAttention(nn.Module):
         self.aligned = LowRank(dim, dim, aligned_rank) if aligned_difference else None
         if gate != "none":
             self.gate_token = nn.Linear(dim, gate_dim)
+            # The source token at the same position: "is this the blue circle the instruction names?"
+            self.gate_source = nn.Linear(dim, gate_dim) if gate_source else None
             self.gate_time = nn.Linear(dim, 2 * gate_dim)
             self.gate_out = nn.Linear(gate_dim, 1)
             # g = sigmoid(0) = 0.5 everywhere at the start; the weights learn where the edit applies.
@@ -86,11 +92,15 @@ class SpatialDifferenceAttention(nn.Module):
             nn.init.zeros_(self.gate_time.weight)
             nn.init.zeros_(self.gate_time.bias)
 
-    def gate(self, x_ln: torch.Tensor, temb: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    def gate(
+        self, x_ln: torch.Tensor, s_ln: torch.Tensor, temb: torch.Tensor, text: torch.Tensor | None
+    ) -> torch.Tensor:
         """Per-token gate (batch, tokens, 1). `temb` is (batch, dim) or per token (batch, tokens, dim)."""
         if self.gate_mode == "none":
             return x_ln.new_ones(x_ln.shape[:-1] + (1,))
         h = self.gate_token(x_ln)
+        if self.gate_source is not None:
+            h = h + self.gate_source(s_ln)
         if self.gate_mode == "text" and text is not None:
             h = h + text[:, None, :]
         scale, shift = self.gate_time(F.silu(temb)).chunk(2, dim=-1)
@@ -125,7 +135,12 @@ class SpatialDifferenceAttention(nn.Module):
         return out.flatten(2, 3).type_as(x_mod).reshape(b, n, -1)
 
     def forward(self, attn, x_mod, frozen, src, x_ln, grid, rope2d, temb, text):
-        """Returns (delta, g): the predicted spatial difference (batch, tokens, dim) and the gate."""
+        """Returns (update, g): what to add to the target tokens (batch, tokens, dim) and the gate.
+
+        With `gate_mix` the gate chooses per token between changing (g: the attention branches) and
+        keeping the source (1 - g: the aligned difference), so g is where the edit applies. Without
+        it the whole difference is scaled by g.
+        """
         w_out = attn.to_out[0].weight
         if "pos" in self.branches:
             a_pos = self.attend(attn, self.branches["pos"], x_mod, frozen, src, grid, rope2d)
@@ -135,9 +150,13 @@ class SpatialDifferenceAttention(nn.Module):
         else:
             a = self.attend(attn, self.branches["delta"], x_mod, frozen, src, grid, rope2d)
             delta = self.branches["delta"]["o"](a)
-        if self.aligned is not None:
-            delta = delta + self.aligned(src["ln"] - x_ln)
-        return delta, self.gate(x_ln, temb, text)
+        g = self.gate(x_ln, src["ln"], temb, text)
+        if self.aligned is None:
+            return g * delta, g
+        keep = self.aligned(src["ln"] - x_ln)
+        if self.gate_mix:
+            return g * delta + (1 - g) * keep, g
+        return g * (delta + keep), g
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,6 +186,8 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         every_k_blocks: int = 1,  # SDA in blocks 0, k, 2k, ...
         gate: str = "text",  # "text": token + instruction + timestep; "no_text": token + timestep; "none": g = 1
         gate_dim: int = 64,  # width of the gate network; the instruction is projected to it once, shared
+        gate_source: bool = True,  # the gate also reads the source token at the same position
+        gate_mix: bool = True,  # g scales the attention branches and 1 - g the aligned (keep) term
         ffn_lora: bool = False,  # low-rank updates on each block's feed-forward too
         ffn_rank: int = 32,  # rank of those updates
     ):
@@ -175,7 +196,7 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         self.sda = nn.ModuleDict(
             {
                 str(i): SpatialDifferenceAttention(
-                    dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim
+                    dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim, gate_source, gate_mix
                 )
                 for i in self.sda_layers
             }
@@ -311,7 +332,7 @@ class SDAProcessor:
         dtype = next(self.sda.parameters()).dtype
         cast = lambda t: t.to(dtype)  # noqa: E731 - the adapter may run in a wider dtype than the base
         src = {k: cast(t) for k, t in st.source.blocks[self.index].items()}
-        delta, g = self.sda(
+        update, g = self.sda(
             attn,
             cast(hidden_states),
             {k: cast(t) for k, t in self.frozen.items()},
@@ -325,7 +346,7 @@ class SDAProcessor:
         if st.collect_gates:
             st.gates.append(g.detach().float())
         self.frozen.clear()
-        return out + (g * delta).type_as(out)
+        return out + update.type_as(out)
 
 
 # ---------------------------------------------------------------------------------------------------
