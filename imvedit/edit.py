@@ -1,19 +1,27 @@
 """`imvedit edit`: one video (or image) in, the edited file out, looking like the input.
 
-The model runs at a working size (the base's preferred area, multiples of its stride, aspect kept);
-the result is resized back to the input's exact size and written with the input's frame rate and
-audio. The output appears whole or not at all.
+The model runs at a working size (the base's preferred area, multiples of its stride, aspect kept)
+on frames that ffmpeg scales while decoding, so a long 4K clip never sits in memory at full size.
+Videos longer than the base's window are edited in overlapping temporal windows blended at every
+step. The result is resized back to the input's exact size and streamed to the encoder with the
+input's frame rate and audio; it appears at the destination whole or not at all.
+
+Which model, when no flag says: `--model/--adapter`, else `$IMVEDIT_MODEL`/`$IMVEDIT_ADAPTER`, else
+the user config file (`$IMVEDIT_CONFIG`, default `~/.config/imvedit/config.yaml`, keys `model` and
+`adapter`), else the bundled toy model.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from .errors import UsageError
@@ -21,9 +29,11 @@ from .fsutil import check_output_path
 from .models.adapter_file import load_adapter, read_adapter_metadata
 from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, load_base
 from .pipeline.pipeline_imvedit import ImVideoEditPipeline
-from .video.io import is_image, read_image, read_video, write_image, write_video
+from .video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
 
 ADAPTER_FILE = "adapter.safetensors"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Progress = Callable[..., None]  # progress(done, total, info="stage")
 
 
 @dataclass
@@ -43,20 +53,49 @@ class EditConfig:
     max_area: int | None = None  # working area in pixels (default: the base's)
     overwrite: bool = False  # replace an existing output
     save_mask: Path | None = None  # also write the gate map (the implicit edit mask) as a video/image
-    crf: int = 18  # H.264 quality of the output (lower is better)
+    crf: int = 18  # quality of the output for x264/x265 (lower is better)
+    codec: str = "libx264"  # the ffmpeg video encoder
+    window: int | None = None  # frames the model sees at once (default: the base's, 81 for Wan)
+    overlap: int | None = None  # frames consecutive windows share (default: the base's, 16 for Wan)
+    max_frames: int | None = None  # edit at most this many frames (after --start)
+    start: float | None = None  # seconds: edit from here
+    end: float | None = None  # seconds: edit up to here
+    model_fps: float | None = None  # run the model on frames subsampled to this rate; the output keeps the input's
+    dtype: str | None = None  # "bf16" | "fp16" | "fp32" (default: bf16 on a GPU, fp32 on the CPU)
+    device: str | None = None  # "cuda", "cuda:1", "cpu", ... (default: the first GPU, else the CPU)
+    cpu_offload: bool = False  # keep each model on the CPU until it runs (diffusers model offload; GPU only)
+    vae_tiling: bool = False  # decode/encode in spatial tiles: less memory for large frames
+    attention_backend: str | None = None  # a diffusers attention backend, e.g. "flash", "sage", "native"
 
     def validate(self) -> None:
-        if not self.prompt or not self.prompt.strip():
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise UsageError("The prompt is empty.", 'Say what the edit should do, e.g. "make it winter".')
+        if len(self.prompt) > 10_000:
+            raise UsageError(f"The prompt is {len(self.prompt)} characters long.", "Keep it under 10,000 characters.")
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
-        if self.model is None and self.adapter is None and not bundle_available():
+        if self.window is not None and (self.window < 1 or (self.window - 1) % 4):
+            raise UsageError(f"--window must be 4k + 1 frames (e.g. 17, 81), got {self.window}.")
+        if self.overlap is not None and self.overlap < 1:
+            raise UsageError(f"--overlap must be at least 1 frame, got {self.overlap}.")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UsageError(f"--max-frames must be at least 1, got {self.max_frames}.")
+        if (self.start is not None and self.start < 0) or (self.end is not None and self.end <= (self.start or 0.0)):
             raise UsageError(
-                "No --model given, and this build has no bundled toy model to fall back on.",
-                "Pass --model (a diffusers Wan folder, a hub id, or 'tiny-random') and --adapter.",
+                "--start must be ≥ 0 and --end after it.", "Give times in seconds, e.g. --start 2 --end 7.5."
             )
+        if self.model_fps is not None and self.model_fps <= 0:
+            raise UsageError(f"--model-fps must be positive, got {self.model_fps}.")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UsageError(f"Unknown --dtype {self.dtype!r}.", f"Use one of {', '.join(DTYPES)}.")
+        if (
+            self.cpu_offload
+            and not (self.device or "cuda").startswith("cuda")
+            or (self.cpu_offload and not torch.cuda.is_available())
+        ):
+            raise UsageError("--cpu-offload needs a CUDA GPU.", "Drop --cpu-offload on this machine.")
         if Path(self.input).suffix.lower() != Path(self.output).suffix.lower() and is_image(self.input) != is_image(
             self.output
         ):
@@ -67,6 +106,37 @@ class EditConfig:
         check_output_path(self.output, [self.input], self.overwrite)
         if self.save_mask is not None:
             check_output_path(self.save_mask, [self.input, self.output], self.overwrite)
+
+
+def user_config_path() -> Path:
+    return Path(os.environ.get("IMVEDIT_CONFIG") or Path.home() / ".config" / "imvedit" / "config.yaml").expanduser()
+
+
+def resolve_model(model: str | None, adapter: str | None) -> tuple[str, str | None, str]:
+    """(model, adapter, where they came from: "flags" | "environment" | "config file" | "bundle")."""
+    if model is not None or adapter is not None:
+        return model, adapter, "flags"  # the adapter's metadata names its base when model is None
+    env_model, env_adapter = os.environ.get("IMVEDIT_MODEL"), os.environ.get("IMVEDIT_ADAPTER")
+    if env_model or env_adapter:
+        return env_model, env_adapter, "environment"
+    path = user_config_path()
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(
+                f"The config file {path} is not valid YAML: {e}".splitlines()[0], "Fix or remove it."
+            ) from e
+        if not isinstance(data, dict) or set(data) - {"model", "adapter"}:
+            raise UsageError(f"The config file {path} may only set `model` and `adapter`.", "Fix or remove it.")
+        if data.get("model") or data.get("adapter"):
+            return data.get("model"), data.get("adapter"), "config file"
+    if not bundle_available():
+        raise UsageError(
+            "No --model given, and this build has no bundled toy model to fall back on.",
+            "Pass --model (a diffusers Wan folder, a hub id, or 'tiny-random') and --adapter, or set IMVEDIT_MODEL.",
+        )
+    return SHAPES_WAN, str(SHAPES_WAN_ADAPTER), "bundle"
 
 
 def resolve_adapter_path(adapter: str | Path) -> Path:
@@ -102,43 +172,92 @@ def working_size(width: int, height: int, area: int, multiple: int) -> tuple[int
     return w, h
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
-        return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames])
+def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if frame.shape[1] == size[0] and frame.shape[0] == size[1]:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
 
 
-def edit(config: EditConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (frames * 255).round().clip(0, 255).astype(np.uint8)
+
+
+@dataclass
+class Editor:
+    """Loaded models, reused across the jobs of one batch (keyed by model, adapter, device, dtype)."""
+
+    loaded: dict = field(default_factory=dict)
+
+    def pipeline(self, config: EditConfig) -> tuple[ImVideoEditPipeline, Base, str | None]:
+        model, adapter, _ = resolve_model(config.model, config.adapter)
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        key = (model, adapter, str(device), dtype, config.cpu_offload)
+        if key not in self.loaded:
+            self.loaded.clear()  # one model in memory at a time
+            base, loaded = load_model(model, adapter, torch.device("cpu") if config.cpu_offload else device, dtype)
+            pipe = ImVideoEditPipeline(
+                base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded
+            )
+            pipe.set_progress_bar_config(disable=True)
+            if config.cpu_offload:
+                if loaded is not None:
+                    loaded.to(device)  # small, and used inside the transformer's blocks
+                pipe.enable_model_cpu_offload(device=device)
+            if config.attention_backend:
+                try:
+                    base.transformer.set_attention_backend(config.attention_backend)
+                except (ValueError, ImportError, RuntimeError) as e:
+                    raise UsageError(
+                        f"Attention backend {config.attention_backend!r} is not available: {e}".splitlines()[0],
+                        "Drop --attention-backend or install the kernel it needs.",
+                    ) from e
+            self.loaded[key] = (pipe, base, adapter)
+        pipe, base, adapter = self.loaded[key]
+        if config.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        return pipe, base, adapter
+
+
+def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | None = None) -> dict:
     """Edit `config.input` into `config.output`. Returns what was done (sizes, frames, seconds)."""
     config.validate()
-    start = time.time()
+    start_time = time.time()
+    progress = progress or (lambda *a, **k: None)
+    pipe, base, adapter_path = (editor or Editor()).pipeline(config)
     image = is_image(config.input)
-    if image:
-        frames, fps, audio = read_image(config.input), None, None
-    else:
-        frames, info = read_video(config.input)
-        fps, audio = info.fps, (config.input if info.has_audio else None)
-    height, width = frames.shape[1:3]
 
-    model, adapter_path = config.model, config.adapter
-    if model is None and adapter_path is None:  # the embedded default (validate checked it ships)
-        model, adapter_path = SHAPES_WAN, str(SHAPES_WAN_ADAPTER)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base, adapter = load_model(model, adapter_path, device, dtype)
+    if image:
+        full = read_image(config.input)
+        height, width = full.shape[1:3]
+        work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
+        frames, info, decoded, k = _resize(full[0], work)[None], None, 1, 1
+    else:
+        info = probe(config.input)
+        width, height = info.width, info.height
+        work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
+        frames = []
+        for frame in iter_frames(config.input, info, work, config.start, config.end, config.max_frames):
+            frames.append(frame)
+            progress(len(frames), info.frame_count_estimate or len(frames), info="decode")
+        frames, decoded = np.stack(frames), len(frames)
+        # --model-fps: the model sees every k-th frame; each output frame repeats the latest edited one.
+        k = max(1, round(float(info.fps) / config.model_fps)) if config.model_fps else 1
+        frames = frames[::k]
+
     steps = config.steps or base.default_steps
     guidance = config.guidance if config.guidance is not None else base.default_guidance
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
-    pipe.set_progress_bar_config(disable=True)
-    work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
+    window, overlap = config.window or base.window_frames, config.overlap or base.window_overlap
+    n_windows = len(pipe.latent_windows(len(frames), window, overlap))
 
-    def on_step(_pipe, i, _t, _kw):
-        if progress:
-            progress(i + 1, steps)
-        return _kw
+    def on_step(_pipe, i, _t, kw):
+        progress(i + 1, steps, info=f"denoise ({n_windows} window{'s' if n_windows > 1 else ''})")
+        return kw
 
     result = pipe(
-        _resize(frames, work),
+        frames,
         config.prompt,
         negative_prompt=config.negative_prompt,
         gate_prompt=config.gate_prompt,
@@ -147,27 +266,45 @@ def edit(config: EditConfig, progress: Callable[[int, int], None] | None = None)
         source_guidance_scale=config.source_guidance,
         strength=config.strength,
         generator=torch.Generator().manual_seed(config.seed),
+        window_size=window,
+        window_overlap=overlap,
         callback_on_step_end=on_step,
     )
-    edited = _resize((result.frames * 255).round().clip(0, 255).astype(np.uint8), (width, height))
+    edited = _to_uint8(result.frames)
+    n_out = decoded  # the output has every decoded frame, at the input's rate
+
+    def source_of(i: int) -> int:
+        return min(i // k, len(edited) - 1)
+
     if image:
-        write_image(config.output, edited[0])
+        write_image(config.output, _resize(edited[0], (width, height)))
     else:
-        write_video(config.output, edited, fps, audio_from=audio, crf=config.crf)
+        with VideoWriter(
+            config.output, info.fps, (width, height),
+            audio_from=config.input if info.has_audio else None, audio_start=config.start, audio_end=config.end,
+            crf=config.crf, codec=config.codec,
+        ) as writer:  # fmt: skip
+            for i in range(n_out):
+                writer.write(_resize(edited[source_of(i)], (width, height)))
+                progress(i + 1, n_out, info="encode")
     if config.save_mask is not None and result.gate is not None:
-        mask = _resize(np.repeat((result.gate[..., None] * 255).round().astype(np.uint8), 3, axis=-1), (width, height))
+        gate = _to_uint8(np.repeat(result.gate[..., None], 3, axis=-1))
         if is_image(config.save_mask):
-            write_image(config.save_mask, mask[0])
+            write_image(config.save_mask, _resize(gate[0], (width, height)))
         else:
-            write_video(config.save_mask, mask, fps or 1, crf=config.crf)
+            with VideoWriter(config.save_mask, info.fps if info else 1, (width, height), crf=config.crf) as writer:
+                for i in range(n_out):
+                    writer.write(_resize(gate[source_of(i)], (width, height)))
     return {
         "input": str(config.input),
         "output": str(config.output),
-        "frames": int(frames.shape[0]),
+        "frames": int(n_out),
+        "model_frames": int(len(frames)),
+        "windows": n_windows,
         "size": [int(width), int(height)],
         "working_size": list(work),
-        "fps": str(fps) if fps else None,
+        "fps": str(info.fps) if info else None,
         "model": base.name,
         "adapter": str(resolve_adapter_path(adapter_path)) if adapter_path else None,
-        "seconds": round(time.time() - start, 3),
+        "seconds": round(time.time() - start_time, 3),
     }

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import typer
@@ -8,10 +10,18 @@ from ._common import emit, err_console, progress_bar, run
 
 
 def edit(
-    input: Path = typer.Argument(..., help="The video (mp4, mov, mkv, webm, ...) or image to edit."),
-    prompt: str = typer.Argument(..., help='The edit, e.g. "make it winter".'),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the edited file."),
-    model: str | None = typer.Option(None, "--model", help="The base; optional when the adapter names its base."),
+    args: list[str] = typer.Argument(
+        None, metavar="INPUT... PROMPT", help="One or more videos (mp4, mov, mkv, webm, ...) or images, then the edit."
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="The edited file; with several inputs, a folder (created if missing)."
+    ),
+    jobs: Path | None = typer.Option(
+        None, "--jobs", help="A YAML or JSONL file of jobs (input, prompt, output, options) instead of INPUT PROMPT."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="The base. [default: $IMVEDIT_MODEL, the config file, else the bundled toy model]"
+    ),
     adapter: str | None = typer.Option(None, "--adapter", help="An adapter .safetensors or a run folder."),
     steps: int | None = typer.Option(None, "--steps", help="Denoising steps. [default: the base's; 30 for Wan]"),
     guidance: float | None = typer.Option(
@@ -21,38 +31,102 @@ def edit(
     strength: float = typer.Option(1.0, "--strength", help="Below 1, start from the noised source."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Text to guide away from."),
+    gate_prompt: str | None = typer.Option(None, "--gate-prompt", help="Text for the gate, if not the prompt."),
     max_area: int | None = typer.Option(None, "--max-area", help="Working area in pixels (default: the base's)."),
+    window: int | None = typer.Option(
+        None, "--window", help="Frames the model sees at once, 4k+1. [default: the base's; 81 for Wan]"
+    ),
+    overlap: int | None = typer.Option(None, "--overlap", help="Frames shared by consecutive windows. [default: 16]"),
+    max_frames: int | None = typer.Option(None, "--max-frames", help="Edit at most this many frames."),
+    start: float | None = typer.Option(None, "--start", help="Seconds: edit from here."),
+    end: float | None = typer.Option(None, "--end", help="Seconds: edit up to here."),
+    model_fps: float | None = typer.Option(
+        None, "--model-fps", help="Run the model at this frame rate; the output keeps the input's."
+    ),
+    codec: str = typer.Option("libx264", "--codec", help="ffmpeg video encoder, e.g. libx264, libx265."),
+    crf: int = typer.Option(18, "--crf", help="Quality for x264/x265 (lower is better)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="bf16, fp16 or fp32. [default: bf16 on GPU, fp32 on CPU]"),
+    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ... [default: first GPU, else CPU]"),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep models on the CPU until they run (GPU)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Encode/decode in tiles: less memory for big frames."),
+    attention_backend: str | None = typer.Option(
+        None, "--attention-backend", help="A diffusers attention backend, e.g. flash, sage, native."
+    ),
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the gate map (implicit edit mask)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing outputs (batches skip them otherwise)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per job."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or notes."),
 ) -> None:
-    """Edit a video or an image with a text prompt."""
-    from ..edit import EditConfig
+    """Edit videos or images with a text prompt: one file, several (-o FOLDER), or a --jobs file."""
+    from ..batch import jobs_for_inputs, read_jobs, run_jobs, shard
+    from ..edit import EditConfig, resolve_model
     from ..edit import edit as run_edit
+    from ..errors import UsageError
 
-    config = EditConfig(
-        input,
-        prompt,
-        output,
-        model,
-        adapter,
-        steps,
-        guidance,
-        source_guidance,
-        strength,
-        seed,
-        negative_prompt,
-        max_area=max_area,
-        overwrite=overwrite,
-        save_mask=save_mask,
-    )
-    from ..models.bases import bundle_available
+    options = dict(
+        model=model, adapter=adapter, steps=steps, guidance=guidance, source_guidance=source_guidance,
+        strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area,
+        window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
+        codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+        attention_backend=attention_backend, overwrite=overwrite,
+    )  # fmt: skip
+    args = args or []
 
-    if model is None and adapter is None and bundle_available():
-        err_console.print(
-            "Using the bundled toy model shapes-wan (a 64x64 shapes world); for real footage pass --model with a Wan base and --adapter.",
-            markup=False,
-        )
-    with progress_bar("edit", not json_out) as bar:
-        result = run(lambda: run_edit(config, progress=bar))
-    emit(result, json_out, f"Wrote {output} ({result['frames']} frames, {result['seconds']:.1f} s).")
+    def plan():
+        if jobs is not None:
+            if args:
+                raise UsageError("Give either --jobs or INPUT PROMPT, not both.")
+            return read_jobs(jobs, options), True
+        if len(args) < 2:
+            raise UsageError("Missing INPUT or PROMPT.", 'Usage: imvedit edit in.mp4 "make it winter" -o out.mp4')
+        if output is None:
+            raise UsageError("Missing -o/--output.", "Say where to write the result, e.g. -o out.mp4.")
+        inputs, prompt = [Path(a) for a in args[:-1]], args[-1]
+        if len(inputs) == 1 and not (output.is_dir() or str(output).endswith(("/", "\\"))):
+            return [EditConfig(inputs[0], prompt, output, save_mask=save_mask, **options)], False
+        if save_mask is not None:
+            raise UsageError("--save-mask takes one input.", "Use a --jobs file with save_mask per job.")
+        if output.parent.exists():
+            output.mkdir(exist_ok=True)
+        return jobs_for_inputs(inputs, prompt, output, options), True
+
+    configs, batch = run(plan)
+    notes = not (quiet or json_out)
+    if notes:
+        _, _, origin = run(lambda: resolve_model(configs[0].model, configs[0].adapter))
+        if origin == "bundle":
+            err_console.print(
+                "Using the bundled toy model shapes-wan (a 64x64 shapes world); for real footage pass --model with a Wan base and --adapter.",
+                markup=False,
+            )
+    if not batch:
+        with progress_bar("edit", not (quiet or json_out)) as bar:
+            result = run(lambda: run_edit(configs[0], progress=bar))
+        emit(result, json_out, f"Wrote {result['output']} ({result['frames']} frames, {result['seconds']:.1f} s).")
+        return
+
+    mine = shard(configs)
+
+    def loop() -> int:
+        failed = 0
+        with progress_bar("edit", not (quiet or json_out)) as bar:
+            for record in run_jobs(mine, progress=bar):
+                failed += record["status"] == "failed"
+                if json_out:
+                    sys.stdout.write(json.dumps(record, default=str) + "\n")
+                    sys.stdout.flush()
+                elif record["status"] == "ok":
+                    print(f"ok       {record['output']} ({record['frames']} frames, {record['seconds']:.1f} s)")
+                elif record["status"] == "skipped":
+                    print(f"skipped  {record['output']} (exists; --overwrite redoes it)")
+                else:
+                    err_console.print(f"failed   {record['input']}: {record['error']}", markup=False)
+        return failed
+
+    failed = run(loop)
+    if not quiet:
+        err_console.print(f"{len(mine) - failed} of {len(mine)} jobs done, {failed} failed.", markup=False)
+    if failed:
+        raise typer.Exit(1)

@@ -40,5 +40,14 @@ app.command("eval")(eval.eval_)
 app.command("export")(export.export)
 
 
+def _terminate(signum, frame):
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so temporary files and partial folders are
+    # removed on the way out instead of being left behind by an abrupt exit.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()

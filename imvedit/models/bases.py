@@ -45,6 +45,9 @@ class Base:
     # Sampling defaults for `imvedit edit` on this base.
     default_steps: int = 30
     default_guidance: float = 5.0
+    # Frames the model sees at once (4k + 1); longer videos are edited in overlapping windows.
+    window_frames: int = 81
+    window_overlap: int = 16
 
     @property
     def fingerprint(self) -> str:
@@ -178,8 +181,10 @@ def load_base(
         base = _load_diffusers_layout(str(SHAPES_WAN_DIR), components, torch_dtype)
         base.name, base.default_area = SHAPES_WAN, 64 * 64
         base.default_steps, base.default_guidance = 20, 3.0
+        base.window_frames, base.window_overlap = 17, 8  # pretrained on 9-frame clips; 17 still holds together
     elif name == TINY_RANDOM:
         base = build_tiny_random()
+        base.window_frames, base.window_overlap = 9, 4
         if torch_dtype is not None and torch_dtype != torch.float32:
             for m in (base.transformer, base.text_encoder):  # the VAE stays in fp32, as for loaded bases
                 m.to(torch_dtype)

@@ -5,7 +5,9 @@ Inference only, one `__call__`, in the shape of diffusers' `WanPipeline`. The st
 2. encode the source video with the VAE;
 3. run the frozen source stream once (its features serve every step and guidance branch);
 4. prepare timesteps and the starting latents (pure noise, or the noised source when strength < 1);
-5. denoise with classifier-free guidance on the prompt (and optionally on the source);
+5. denoise with classifier-free guidance on the prompt (and optionally on the source); a video longer
+   than `window_size` frames is denoised in overlapping temporal windows whose predictions are
+   blended in the overlap at every step (linear ramps), so windows agree and no seam shows;
 6. decode, and return the frames and the averaged gate map.
 """
 
@@ -31,8 +33,19 @@ class ImVideoEditPipelineOutput(BaseOutput):
     gate: np.ndarray | None  # (frames, height, width) in [0, 1]: where the edit applied; None without adapter
 
 
-def encode_text(tokenizer, text_encoder, prompts: list[str], max_sequence_length: int = 226):
+DEFAULT_SEQUENCE_LENGTH = 226  # diffusers' Wan pipelines pad prompts to this many tokens
+
+
+def sequence_length(tokenizer, requested: int | None = None) -> int:
+    """Prompt length in tokens: as asked, else 226 capped by the tokenizer's own limit (a toy base says 48)."""
+    if requested is not None:
+        return requested
+    return min(DEFAULT_SEQUENCE_LENGTH, int(getattr(tokenizer, "model_max_length", DEFAULT_SEQUENCE_LENGTH)))
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], max_sequence_length: int | None = None):
     """UMT5 embeddings zero-padded past each prompt's length (as Wan was trained), and their masked means."""
+    max_sequence_length = sequence_length(tokenizer, max_sequence_length)
     inputs = tokenizer(
         prompts,
         padding="max_length",
@@ -56,11 +69,42 @@ def normalize_latents(vae: AutoencoderKLWan, z: torch.Tensor, inverse: bool = Fa
     return z * std + mean if inverse else (z - mean) / std
 
 
+def temporal_windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) windows of at most `window` items covering `length`, consecutive ones sharing at least
+    `overlap` items; the last window ends at `length`, so every window but a lone one is full."""
+    if length <= window:
+        return [(0, length)]
+    stride = max(1, window - overlap)
+    starts = list(range(0, length - window, stride)) + [length - window]
+    return [(s, s + window) for s in starts]
+
+
+def window_weights(windows: list[tuple[int, int]], length: int) -> list[torch.Tensor]:
+    """Per-window blending weights (window length,), ramping linearly across each overlap and summing to
+    one at every position, so a blended prediction is a convex mix of the windows that see it."""
+    weights = []
+    for i, (s, e) in enumerate(windows):
+        w = torch.ones(e - s)
+        if i > 0 and windows[i - 1][1] > s:  # overlap with the previous window: ramp up
+            n = windows[i - 1][1] - s
+            w[:n] = torch.arange(1, n + 1) / (n + 1)
+        if i + 1 < len(windows) and windows[i + 1][0] < e:  # overlap with the next window: ramp down
+            n = e - windows[i + 1][0]
+            w[-n:] = torch.minimum(w[-n:], torch.arange(n, 0, -1) / (n + 1))
+        weights.append(w)
+    total = torch.zeros(length)
+    for (s, e), w in zip(windows, weights, strict=True):
+        total[s:e] += w
+    return [w / total[s:e] for (s, e), w in zip(windows, weights, strict=True)]
+
+
 def video_to_tensor(video) -> torch.Tensor:
     """(frames, h, w, 3) uint8 / float [0, 1] array or tensor, or a list of PIL images -> (1, 3, f, h, w) in [-1, 1]."""
     if isinstance(video, list):
         video = np.stack([np.asarray(im.convert("RGB")) for im in video])
-    t = torch.as_tensor(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+    t = (
+        torch.tensor(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+    )  # a copy: decoded frames are read-only
     if t.ndim == 3:
         t = t[None]
     if t.ndim != 4 or t.shape[-1] != 3:
@@ -99,6 +143,16 @@ class ImVideoEditPipeline(DiffusionPipeline):
         """Height and width must be multiples of this (VAE stride x patch size)."""
         return self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
 
+    def latent_windows(self, num_frames: int, window_size: int | None, window_overlap: int) -> list[tuple[int, int]]:
+        """The [start, end) latent-frame windows a `num_frames` video is denoised in."""
+        r = self.vae_scale_factor_temporal
+        length = (num_frames + (-(num_frames - 1)) % 4 - 1) // r + 1  # after padding to 4k + 1 frames
+        if window_size is None:
+            return [(0, length)]
+        window = max(1, (window_size - 1) // r + 1)
+        # 0 cuts the windows hard (no blending); any other overlap is at least one latent frame
+        return temporal_windows(length, window, min(window - 1, max(int(window_overlap > 0), -(-window_overlap // r))))
+
     def check_inputs(self, video: torch.Tensor, prompt: str, strength: float, num_inference_steps: int) -> None:
         _, _, _, h, w = video.shape
         m = self.size_multiple
@@ -126,9 +180,13 @@ class ImVideoEditPipeline(DiffusionPipeline):
         source_guidance_scale: float = 1.0,
         strength: float = 1.0,
         generator: torch.Generator | None = None,
-        max_sequence_length: int = 226,
+        max_sequence_length: int | None = None,
+        window_size: int | None = None,
+        window_overlap: int = 16,
         callback_on_step_end=None,
     ) -> ImVideoEditPipelineOutput:
+        """`window_size`: frames the model sees at once (None: all); `window_overlap`: frames shared by
+        consecutive windows. Both are in video frames and rounded to whole latent frames."""
         device = self._execution_device
         x = video_to_tensor(video)
         self.check_inputs(x, prompt, strength, num_inference_steps)
@@ -152,12 +210,18 @@ class ImVideoEditPipeline(DiffusionPipeline):
         source = self.vae.encode(x.to(device, vae_dtype)).latent_dist.mode()
         source = normalize_latents(self.vae, source).to(dtype)
 
-        # 3. The frozen source stream, once per call
+        # 3. Temporal windows (in latent frames) and the frozen source stream, once per call and window
+        length = source.shape[2]
+        windows = self.latent_windows(num_frames, window_size, window_overlap)
+        weights = [w.to(device, dtype).view(1, 1, -1, 1, 1) for w in window_weights(windows, length)]
         model = ImVideoEditTransformer(self.transformer, self.adapter) if self.adapter is not None else None
         try:
-            features = model.encode_source(source, empty) if model is not None else None
             use_source_cfg = model is not None and source_guidance_scale != 1.0
-            null_features = model.encode_source(torch.zeros_like(source), empty) if use_source_cfg else None
+            window_features = []
+            for s, e in windows if model is not None else []:
+                features = model.encode_source(source[:, :, s:e], empty)
+                null = model.encode_source(torch.zeros_like(source[:, :, s:e]), empty) if use_source_cfg else None
+                window_features.append((features, null))
 
             # 4. Timesteps and starting latents
             self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -181,30 +245,37 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 torch.cat([gate_cond, gate_empty] + ([gate_empty] if use_source_cfg else [])) if do_cfg else gate_cond
             )
             n_branches = text.shape[0]
-            if features is not None:
-                branch_features = (
-                    features.repeat(n_branches)
-                    if not use_source_cfg
-                    else SourceFeatures.cat([features.repeat(2), null_features])
-                )
+            branch_features = [
+                features.repeat(n_branches) if null is None else SourceFeatures.cat([features.repeat(2), null])
+                for features, null in window_features
+            ]
             gate_sum, gate_count = None, 0
             for i, t in enumerate(timesteps):
-                latent_in = latents.expand(n_branches, -1, -1, -1, -1)
                 t_in = t.expand(n_branches).to(device)
-                if model is not None:
-                    pred = model(latent_in, t_in, text, branch_features, gate_text, collect_gates=True)
-                    g = model.last_gate_map()[0:1]
-                    gate_sum = g if gate_sum is None else gate_sum + g
-                    gate_count += 1
-                else:
-                    pred = self.transformer(latent_in, t_in, text, return_dict=False)[0]
-                if do_cfg:
-                    if use_source_cfg:
-                        full, img, none = pred.chunk(3)
-                        pred = none + source_guidance_scale * (img - none) + guidance_scale * (full - img)
+                pred = torch.zeros_like(latents)
+                gate_step = None
+                for j, (s, e) in enumerate(windows):
+                    latent_in = latents[:, :, s:e].expand(n_branches, -1, -1, -1, -1)
+                    if model is not None:
+                        p = model(latent_in, t_in, text, branch_features[j], gate_text, collect_gates=True)
+                        g = model.last_gate_map()[0:1, None] * weights[j]  # (1, 1, window, h', w')
+                        if gate_step is None:
+                            grid = (1, 1, length, *g.shape[3:])  # the token grid: latent size / patch size
+                            gate_step = torch.zeros(grid, device=device, dtype=g.dtype)
+                        gate_step[:, :, s:e] += g
                     else:
-                        full, uncond = pred.chunk(2)
-                        pred = uncond + guidance_scale * (full - uncond)
+                        p = self.transformer(latent_in, t_in, text, return_dict=False)[0]
+                    if do_cfg:
+                        if use_source_cfg:
+                            full, img, none = p.chunk(3)
+                            p = none + source_guidance_scale * (img - none) + guidance_scale * (full - img)
+                        else:
+                            full, uncond = p.chunk(2)
+                            p = uncond + guidance_scale * (full - uncond)
+                    pred[:, :, s:e] += p * weights[j]
+                if gate_step is not None:
+                    gate_sum = gate_step if gate_sum is None else gate_sum + gate_step
+                    gate_count += 1
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, {"latents": latents})
@@ -218,7 +289,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         frames = ((frames[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)[:num_frames]
         gate = None
         if gate_sum is not None:
-            g = (gate_sum / gate_count)[:, None].float()  # (1, 1, f', h', w')
+            g = (gate_sum / gate_count).float()  # (1, 1, f', h', w')
             g = F.interpolate(g, size=(x.shape[2], x.shape[3], x.shape[4]), mode="trilinear", align_corners=False)
             gate = g[0, 0, :num_frames].cpu().numpy()
         return ImVideoEditPipelineOutput(frames=frames.cpu().numpy(), gate=gate)

@@ -7,11 +7,13 @@ Which ffmpeg: `$IMVEDIT_FFMPEG` if set, else an `ffmpeg` on PATH, else the binar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import subprocess  # noqa: S404 - argument lists only, never a shell
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +26,7 @@ from ..errors import ImveditError, UsageError
 from ..fsutil import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MAX_PIXELS = 7680 * 4320  # 8K: a larger declared size is a corrupt or hostile header
 
 
 @functools.cache
@@ -49,10 +52,18 @@ def is_image(path: str | Path) -> bool:
 class VideoInfo:
     width: int  # displayed width (after rotation metadata is applied)
     height: int
-    fps: Fraction
+    fps: Fraction  # the average frame rate (what a constant-rate copy of the video would use)
     has_audio: bool
-    duration: float | None
-    rotation: int = 0
+    duration: float | None  # seconds, from the container
+    rotation: int = 0  # degrees of rotation metadata; decoded frames are already upright
+    pix_fmt: str | None = None  # e.g. "yuv420p"
+    audio_streams: int = 0
+    audio_codec: str | None = None  # of the first audio stream, e.g. "aac"
+    variable_frame_rate: bool = False  # the container's nominal and average rates differ
+
+    @property
+    def frame_count_estimate(self) -> int | None:
+        return None if self.duration is None else int(round(self.duration * self.fps))
 
 
 _NTSC = [Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120)]
@@ -71,18 +82,27 @@ def _check_input(path: Path) -> None:
         raise UsageError(f"Input {path} does not exist.", "Check the path.")
     if path.is_dir():
         raise UsageError(f"Input {path} is a directory.", "Give a video or image file.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"Input {path} is not readable.", "Check its permissions.")
     if path.stat().st_size == 0:
         raise UsageError(f"Input {path} is empty (0 bytes).", "Give a video or image file with content.")
 
 
+def _ffmpeg_text(args: list[str]) -> str:
+    proc = subprocess.run(  # noqa: S603 - argument list
+        [ffmpeg_exe(), "-hide_banner", *args], capture_output=True, text=True, errors="replace", check=False
+    )
+    return proc.stderr
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Size, frame rate, audio and rotation of a video, read from ffmpeg's own description of it."""
+    """Size, frame rate, audio, pixel format and rotation of a video, from ffmpeg's own description.
+
+    (The `imageio-ffmpeg` wheel ships ffmpeg without ffprobe, so this reads `ffmpeg -i`.)
+    """
     path = Path(path)
     _check_input(path)
-    proc = subprocess.run(  # noqa: S603 - argument list
-        [ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, errors="replace", check=False
-    )
-    text = proc.stderr
+    text = _ffmpeg_text(["-i", str(path)])
     video = re.search(r"Stream #\S+.*?: Video: .*", text)
     if not video:
         raise UsageError(
@@ -94,34 +114,198 @@ def probe(path: str | Path) -> VideoInfo:
     if not size or not fps:
         raise UsageError(f"Could not read the size or frame rate of {path}.", "Re-encode it with ffmpeg and try again.")
     width, height = int(size.group(1)), int(size.group(2))
+    if width < 1 or height < 1 or width * height > MAX_PIXELS:
+        raise UsageError(
+            f"{path} declares a {width}x{height} frame, outside what imvedit decodes (up to 8K).",
+            "Scale the video down with ffmpeg first.",
+        )
     rot = re.search(r"rotation of (-?[\d.]+) degrees", text)
     rotation = int(round(float(rot.group(1)))) % 360 if rot else 0
     if rotation in (90, 270):
         width, height = height, width
     dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
     duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) if dur else None
-    has_audio = re.search(r"Stream #\S+.*?: Audio: ", text) is not None
-    return VideoInfo(width, height, _parse_fps(fps.group(1)), has_audio, duration, rotation)
+    audio = re.findall(r"Stream #\S+.*?: Audio: (\w+)", text)
+    pix = re.search(r"Video: [^,]+, (\w+)", line)
+    tbr = re.search(r", ([\d.]+) tbr", line)
+    vfr = bool(tbr) and abs(float(tbr.group(1)) - float(fps.group(1))) > 0.01 * float(fps.group(1))
+    return VideoInfo(
+        width, height, _parse_fps(fps.group(1)), bool(audio), duration, rotation,
+        pix.group(1) if pix else None, len(audio), audio[0] if audio else None, vfr,
+    )  # fmt: skip
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, VideoInfo]:
-    """All frames as uint8 (frames, height, width, 3), with the video's description."""
-    info = probe(path)
+def count_frames(path: str | Path) -> int:
+    """The exact number of video frames, by reading the packets without decoding them."""
+    text = _ffmpeg_text(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
+    found = re.findall(r"frame=\s*(\d+)", text)
+    return int(found[-1]) if found else 0
+
+
+def _trim_args(start: float | None, end: float | None) -> dict:
+    args = {}
+    if start:
+        args["ss"] = f"{start:.6f}"
+    if end is not None:
+        args["t" if start else "to"] = f"{end - (start or 0):.6f}"
+    return args
+
+
+def iter_frames(
+    path: str | Path,
+    info: VideoInfo | None = None,
+    size: tuple[int, int] | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode frames one at a time as uint8 (height, width, 3), optionally scaled to `size` (w, h) by
+    ffmpeg on the way out, so a long 4K clip never sits in memory at full size. Frames are taken as
+    they are stored (`-fps_mode passthrough`): a variable-frame-rate clip gives every frame once."""
+    info = info or probe(path)
+    w, h = size or (info.width, info.height)
+    stream = ffmpeg.input(str(path), **_trim_args(start, end)).video
+    if size is not None and (w, h) != (info.width, info.height):
+        stream = stream.filter("scale", w, h, flags="bicubic")
+    out_args = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
+    if max_frames is not None:
+        out_args["frames:v"] = max_frames
+    proc = ffmpeg.output(stream, "pipe:", **out_args).run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True)
+    frame_bytes, n = w * h * 3, 0
     try:
-        out, _ = (
-            ffmpeg.input(str(path))
-            .output("pipe:", format="rawvideo", pix_fmt="rgb24")
-            .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
-        )
-    except ffmpeg.Error as e:
-        last = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-        raise UsageError(f"ffmpeg could not decode {path}: {last[0]}", "The file may be truncated or corrupt.") from e
-    frame_bytes = info.width * info.height * 3
-    n = len(out) // frame_bytes
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            n += 1
+            yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        code = proc.wait()
     if n == 0:
+        last = (err.strip().splitlines() or ["no frames"])[-1]
+        if code != 0:
+            raise UsageError(f"ffmpeg could not decode {path}: {last}", "The file may be truncated or corrupt.")
         raise UsageError(f"{path} has no decodable frames.", "Give a video with at least one frame.")
-    frames = np.frombuffer(out[: n * frame_bytes], np.uint8).reshape(n, info.height, info.width, 3)
+
+
+def read_video(
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> tuple[np.ndarray, VideoInfo]:
+    """All frames as uint8 (frames, height, width, 3) (scaled to `size` when given), with the description."""
+    info = probe(path)
+    frames = np.stack(list(iter_frames(path, info, size, start, end, max_frames)))
     return frames, info
+
+
+class VideoWriter:
+    """Stream uint8 frames into a video file: `with VideoWriter(path, fps, size) as w: w.write(frame)`.
+
+    The file appears at `path` only when the block ends without an error; audio from `audio_from`
+    (trimmed to `audio_start`/`audio_end` seconds) is copied when the output container takes it, and
+    re-encoded to AAC otherwise.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: Fraction,
+        size: tuple[int, int],
+        audio_from: str | Path | None = None,
+        audio_start: float | None = None,
+        audio_end: float | None = None,
+        crf: int = 18,
+        codec: str = "libx264",
+    ):
+        self.path, self.fps, self.size = Path(path), Fraction(fps), size
+        self.audio = (audio_from, audio_start, audio_end) if audio_from is not None else None
+        self.crf, self.codec = crf, codec
+        self.frames = 0
+
+    def __enter__(self) -> VideoWriter:
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._video_tmp = self._tmp.with_name(self._tmp.stem + ".video" + self._tmp.suffix)
+        w, h = self.size
+        # yuv420p (what players expect) needs even sizes; odd sizes keep full chroma instead of being cropped.
+        pix_fmt = "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
+        target = self._video_tmp if self.audio else self._tmp
+        rate = f"{self.fps.numerator}/{self.fps.denominator}"
+        out_args = {"vcodec": self.codec, "pix_fmt": pix_fmt}
+        if self.codec in ("libx264", "libx265"):
+            out_args["crf"] = self.crf
+        self._proc = (
+            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=rate)
+            .output(str(target), r=rate, **out_args)
+            .overwrite_output()
+            .run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True, quiet=False)
+        )
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        w, h = self.size
+        if frame.shape != (h, w, 3):
+            raise ValueError(f"frame shaped {frame.shape}, writer expects {(h, w, 3)}")
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg exited: its message is raised at close
+        self.frames += 1
+
+    def _finish_video(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.close()
+        err = self._proc.stderr.read().decode(errors="replace")
+        if self._proc.wait() != 0:
+            last = err.strip().splitlines()[-1:] or ["unknown error"]
+            raise ImveditError(
+                f"ffmpeg could not write {self.path}: {last[0]}", "Try another --codec or output format."
+            )
+
+    def _mux_audio(self) -> None:
+        src, start, end = self.audio
+        # The audio is cut to the video's own length (`-shortest` drops video frames when stream-copying).
+        length = float(self.frames / self.fps)
+        end = min(end, (start or 0) + length) if end is not None else (start or 0) + length
+        video = ffmpeg.input(str(self._video_tmp))
+        audio = ffmpeg.input(str(src), **_trim_args(start, end)).audio
+        for acodec in ("copy", "aac"):  # copy when the container takes the codec, else re-encode
+            try:
+                (
+                    ffmpeg.output(video.video, audio, str(self._tmp), vcodec="copy", acodec=acodec)
+                    .overwrite_output()
+                    .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+                )
+                return
+            except ffmpeg.Error as e:
+                last = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
+        raise ImveditError(f"ffmpeg could not add the audio to {self.path}: {last[0]}", "Try another output format.")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self._finish_video()
+                if self.audio:
+                    self._mux_audio()
+            else:
+                with contextlib.suppress(Exception):
+                    self._proc.stdin.close()
+                self._proc.kill()
+                self._proc.wait()
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._video_tmp.unlink()
+        self._atomic.__exit__(exc_type, exc, tb)
+        return False
 
 
 def write_video(
@@ -133,36 +317,11 @@ def write_video(
     codec: str = "libx264",
 ) -> Path:
     """Encode uint8 frames (frames, height, width, 3); copy (or re-encode) the audio of `audio_from`."""
-    path = Path(path)
     n, h, w, _ = frames.shape
-    # yuv420p (what players expect) needs even sizes; odd sizes keep full chroma instead of being cropped.
-    pix_fmt = "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
-    with atomic_path(path) as tmp:
-        video = ffmpeg.input(
-            "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=f"{fps.numerator}/{fps.denominator}"
-        )
-        streams = [video]
-        audio_args = {}
-        if audio_from is not None:
-            streams.append(ffmpeg.input(str(audio_from)).audio)
-            audio_args = {"acodec": "aac"}
-        try:
-            (
-                ffmpeg.output(*streams, str(tmp), vcodec=codec, pix_fmt=pix_fmt, crf=crf, **audio_args)
-                .overwrite_output()
-                .run(
-                    cmd=ffmpeg_exe(),
-                    input=np.ascontiguousarray(frames, dtype=np.uint8).tobytes(),
-                    capture_stdout=True,
-                    capture_stderr=True,
-                )
-            )
-        except ffmpeg.Error as e:
-            last = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-            raise ImveditError(
-                f"ffmpeg could not write {path}: {last[0]}", "Try another --codec or output format."
-            ) from e
-    return path
+    with VideoWriter(path, fps, (w, h), audio_from=audio_from, crf=crf, codec=codec) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return Path(path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
