@@ -1,6 +1,10 @@
+import json
+
+import numpy as np
 import pytest
 
 from imvedit.errors import UsageError
+from imvedit.models.bases import load_base
 from imvedit.training.train import TrainConfig
 
 
@@ -34,3 +38,45 @@ def test_validate_refuses_bad_values(tmp_path, pairs_folder):
     ]:
         with pytest.raises(UsageError, match=match):
             TrainConfig.from_sources(None, {**base, **bad}).validate()
+
+
+def test_training_from_the_cache_follows_the_same_trajectory_without_vae_or_text_encoder(tmp_path, monkeypatch):
+    """Same seed, same pairs: the cached run's losses equal the encoding run's (both fp32 on the CPU; the
+    only difference is that the cache encoded each pair alone and training encodes batches, so the
+    latents can differ in the last bits: 1e-4 relative is far below step-to-step loss changes)."""
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5EncoderModel
+
+    from imvedit.data.pairs import PrepareConfig, prepare
+    from imvedit.training.train import TrainConfig, train
+
+    prepare(PrepareConfig("toy", tmp_path / "plain", limit=12, seed=0, toy_size=32))
+    prepare(PrepareConfig("toy", tmp_path / "cached", limit=12, seed=0, toy_size=32, cache_model="tiny-random"))
+    assert (tmp_path / "cached" / "cache" / "meta.json").is_file()
+    options = dict(model="tiny-random", max_steps=4, batch_size=4, cross_attention_text="mixed", lr=1e-3)
+    plain = train(TrainConfig(tmp_path / "plain", tmp_path / "run1", **options))
+
+    def forbidden(*a, **k):
+        raise AssertionError("no VAE or text-encoder forward when training from the cache")
+
+    monkeypatch.setattr(AutoencoderKLWan, "encode", forbidden)
+    monkeypatch.setattr(UMT5EncoderModel, "forward", forbidden)
+    cached = train(TrainConfig(tmp_path / "cached", tmp_path / "run2", **options))
+    a = [json.loads(x)["loss"] for x in (tmp_path / "run1" / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["loss"] for x in (tmp_path / "run2" / "log.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 4
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    assert plain["steps"] == cached["steps"] == 4
+    # with the cache switched off, the same folder trains by encoding (and so calls the forbidden encoders)
+    with pytest.raises(AssertionError, match="no VAE"):
+        train(TrainConfig(tmp_path / "cached", tmp_path / "run3", cache="no", **options))
+
+
+def test_a_cache_for_another_base_is_not_used(tmp_path):
+    from imvedit.data.cache import cache_matches
+    from imvedit.data.pairs import PrepareConfig, prepare
+
+    prepare(PrepareConfig("toy", tmp_path / "p", limit=4, seed=0, toy_size=32, cache_model="tiny-random"))
+    assert cache_matches(tmp_path / "p", "tiny-random", load_base("tiny-random").fingerprint)
+    assert not cache_matches(tmp_path / "p", "tiny-random", "0" * 16)
+    assert not cache_matches(tmp_path / "p", "another-base", load_base("tiny-random").fingerprint)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import emit, progress_bar, run
+from ._common import emit, fail, progress_bar, run
 
 
 def prepare(
@@ -19,6 +19,8 @@ def prepare(
     target_col: str | None = typer.Option(None, "--target-col", help="Column of the edited image."),
     instruction_col: str | None = typer.Option(None, "--instruction-col", help="Column of the instruction."),
     caption_col: str | None = typer.Option(None, "--caption-col", help="Column of the edited image's description."),
+    cache: bool = typer.Option(False, "--cache", help="Also cache VAE latents and text embeddings (needs --model)."),
+    model: str | None = typer.Option(None, "--model", help="The base whose VAE and text encoder --cache uses."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -36,7 +38,20 @@ def prepare(
         }.items()
         if v
     }
-    config = PrepareConfig(source, output, limit, seed, max_area, overwrite=overwrite, columns=columns)
+    from ..errors import UsageError
+
+    if cache and model is None:
+        fail(UsageError("--cache needs --model.", "Name the base you will train on, e.g. --model shapes-wan."))
+    config = PrepareConfig(
+        source,
+        output,
+        limit,
+        seed,
+        max_area,
+        overwrite=overwrite,
+        columns=columns,
+        cache_model=model if cache else None,
+    )
     with progress_bar("prepare", not json_out) as bar:
         summary = run(lambda: run_prepare(config, progress=bar))
     emit(summary, json_out, f"Wrote {summary['kept']} pairs to {output} (dropped: {summary['dropped'] or 'none'}).")

@@ -27,6 +27,9 @@ def train(
     gradient_checkpointing: bool | None = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Save memory in the frozen base."
     ),
+    cache: str | None = typer.Option(
+        None, "--cache", help="auto: use the pairs folder's cache when made for this base; no: encode. [default: auto]"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -37,7 +40,7 @@ def train(
     flags = {
         "pairs_dir": pairs_dir, "output": output, "model": model, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
-        "gradient_checkpointing": gradient_checkpointing, "overwrite": overwrite or None,
+        "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
     }  # fmt: skip
     cfg = run(lambda: TrainConfig.from_sources(config, {k: v for k, v in flags.items() if v is not None}))
     with progress_bar("train", not json_out) as bar:

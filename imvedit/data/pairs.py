@@ -7,6 +7,7 @@ The prepared folder (format version 1), what `imvedit train` reads:
                         caption (the target's description, or null), width, height
       images/           <id>_source.png, <id>_target.png, both resized to the same size (multiples of 16)
       prepare.json      what was read, with which options, how many pairs were kept and dropped, and why
+      cache/            with --cache: VAE latents and text embeddings for one base (imvedit/data/cache.py)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class PrepareConfig:
     overwrite: bool = False  # replace an existing output folder
     columns: dict[str, str] = field(default_factory=dict)  # explicit mapping, e.g. {"source": "before"}
     toy_size: int = 64  # canvas size of rendered toy pairs
+    cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
 
     def validate(self) -> None:
         if self.source == TOY_SOURCE:
@@ -267,6 +269,15 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
             "kept": kept,
             "dropped": dict(dropped),
         }
+        if config.cache_model is not None:
+            from ..models.bases import load_base
+            from .cache import build_cache
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            base = load_base(config.cache_model, torch_dtype=torch.float32)
+            for m in (base.vae, base.text_encoder):
+                m.to(device)
+            summary["cache"] = build_cache(tmp, base, progress=progress)
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

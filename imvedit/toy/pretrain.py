@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=("vae", "transformer", "all"), default="all")
     parser.add_argument("--init", default=None, help="a base folder to start from (e.g. the VAE stage's output)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--dtype", choices=("fp16", "fp32"), default="fp16", help="weights as saved (the bundle ships fp16)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         report.update(train_vae(base, config, log))
     if args.stage in ("transformer", "all"):
         report.update(train_transformer(base, config, log))
+    if args.dtype == "fp16":  # half the bytes; loading upcasts to the dtype asked for
+        for m in (base.transformer, base.vae, base.text_encoder):
+            m.to(torch.float16)
     save_base(base, out)
     (out / "pretrain_report.json").write_text(json.dumps({**report, "config": config}, indent=2))
     print(f"wrote {out}")

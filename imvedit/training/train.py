@@ -1,8 +1,9 @@
 """`imvedit train`: fit an ImVideoEdit adapter on prepared image pairs; the base stays frozen.
 
 A loop to read top to bottom: load the base, build the adapter, then for each batch encode the pair
-with the frozen VAE and text encoder, take one flow-matching step on the adapter alone, and at the end
-write the adapter file, the resolved config and a summary into the run folder.
+with the frozen VAE and text encoder (or read both from the folder's cache, made by `imvedit prepare
+--cache` for this base, and then load neither), take one flow-matching step on the adapter alone, and
+at the end write the adapter file, the resolved config and a summary into the run folder.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch
 import yaml
 
 from .. import __version__
+from ..data.cache import CachedPairs, cache_matches, read_cache_meta
 from ..data.pairs import BucketBatchSampler, PairsDataset
 from ..errors import UsageError
 from ..fsutil import staged_dir
 from ..models.adapter_file import save_adapter
-from ..models.bases import load_base
+from ..models.bases import COMPONENTS, load_base
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 from .flow_matching import flow_matching_loss
@@ -51,6 +53,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
+    cache: str = "auto"  # "auto": use PAIRS_DIR/cache when it was made for this base; "no": always encode
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
@@ -72,6 +75,8 @@ class TrainConfig:
         for name in ("cross_attention_text", "gate_text"):
             if getattr(self, name) not in TEXT_CHOICES:
                 raise UsageError(f"{name} must be one of {', '.join(TEXT_CHOICES)}, got {getattr(self, name)!r}.")
+        if self.cache not in ("auto", "no"):
+            raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UsageError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}.")
         unknown = set(self.adapter) - set(ImVideoEditAdapter.config_switches())
@@ -132,10 +137,19 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
 
-    # 1. The frozen base and a fresh adapter (its init is fixed by the seed)
-    base = load_base(config.model, torch_dtype=torch.float32)  # master weights in fp32; autocast does the rest
+    # 1. The frozen base and a fresh adapter (its init is fixed by the seed). With a cache made for this
+    #    base the VAE and the text encoder are not even loaded.
+    cached = config.cache == "auto" and cache_usable(config.pairs_dir, config.model)
+    components = ("transformer", "scheduler") if cached else COMPONENTS
+    base = load_base(config.model, torch_dtype=torch.float32, components=components)  # fp32 master weights
     for m in (base.transformer, base.vae, base.text_encoder):
-        m.to(device)
+        if m is not None:
+            m.to(device)
+    if cached and not cache_matches(config.pairs_dir, config.model, base.fingerprint):
+        raise UsageError(
+            f"The cache in {config.pairs_dir} was made for another base than {config.model}.",
+            "Re-run `imvedit prepare --cache --model` for this base, or train with --cache no.",
+        )
     torch.manual_seed(config.seed)
     adapter = ImVideoEditAdapter.for_base(base.transformer, **config.adapter)
     model = ImVideoEditTransformer(base.transformer, adapter)
@@ -143,13 +157,20 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         base.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sampler = BucketBatchSampler(dataset, config.batch_size, config.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    if cached:
+        items = CachedPairs(config.pairs_dir, dataset.rows)
+        loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=items.collate)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     steps_per_epoch = len(sampler)
     total = config.max_steps or steps_per_epoch * config.epochs
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
 
-    with torch.no_grad():
-        empty_text, empty_gate = encode_text(base.tokenizer, base.text_encoder, [""])
+    if cached:
+        empty_text, empty_gate = items.empty_text.to(device), items.empty_pooled.to(device)
+    else:
+        with torch.no_grad():
+            empty_text, empty_gate = encode_text(base.tokenizer, base.text_encoder, [""])
 
     # 2. The loop
     with staged_dir(config.output) as tmp:
@@ -161,14 +182,19 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                 for batch in loader:
                     if step >= total:
                         break
-                    with torch.no_grad():
-                        latents = _encode_images(base.vae, torch.cat([batch["source"], batch["target"]]).to(device))
-                        source, target = latents.chunk(2)
-                        xattn = _pick_text(batch, config.cross_attention_text, generator)
-                        gtext = _pick_text(batch, config.gate_text, generator)
-                        text, gate_pooled = encode_text(base.tokenizer, base.text_encoder, xattn)
-                        if gtext != xattn:  # one text-encoder pass when both read the same text
-                            _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
+                    if cached:
+                        source, target = batch["source"].to(device), batch["target"].to(device)
+                        text = _pick_cached(batch, config.cross_attention_text, generator, "").to(device)
+                        gate_pooled = _pick_cached(batch, config.gate_text, generator, "_pooled").to(device)
+                    else:
+                        with torch.no_grad():
+                            pixels = torch.cat([batch["source"], batch["target"]]).to(device)
+                            source, target = _encode_images(base.vae, pixels).chunk(2)
+                            xattn = _pick_text(batch, config.cross_attention_text, generator)
+                            gtext = _pick_text(batch, config.gate_text, generator)
+                            text, gate_pooled = encode_text(base.tokenizer, base.text_encoder, xattn)
+                            if gtext != xattn:  # one text-encoder pass when both read the same text
+                                _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
                     with accelerator.autocast():
                         loss = flow_matching_loss(
                             model,
@@ -232,7 +258,25 @@ def _pick_text(batch: dict, choice: str, generator: torch.Generator) -> list[str
     return [i if c else d for i, d, c in zip(batch["instruction"], batch["caption"], coin.tolist(), strict=True)]
 
 
+def _pick_cached(batch: dict, choice: str, generator: torch.Generator, suffix: str) -> torch.Tensor:
+    """The cached counterpart of `_pick_text`: the same draws from `generator`, so a run from the cache
+    follows the same trajectory as one that encodes on the fly."""
+    instruction, caption = batch["instruction" + suffix], batch["caption" + suffix]
+    if choice != "mixed":
+        return instruction if choice == "instruction" else caption
+    coin = torch.rand(len(instruction), generator=generator) < 0.5
+    return torch.where(coin.view(-1, *[1] * (instruction.ndim - 1)), instruction, caption)
+
+
 def _encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
     """(batch, 3, 1, h, w) in [-1, 1] -> normalised latents (batch, z, 1, h/8, w/8)."""
     z = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
     return normalize_latents(vae, z)
+
+
+def cache_usable(pairs_dir: str | Path, model: str) -> bool:
+    """A cache exists and names this base (its fingerprint is checked once the transformer is loaded)."""
+    from ..data.cache import base_id
+
+    meta = read_cache_meta(pairs_dir)
+    return meta is not None and meta["key"]["base"] == base_id(model)
