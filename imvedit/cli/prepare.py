@@ -15,6 +15,11 @@ def prepare(
     limit: int | None = typer.Option(None, "--limit", help="Keep at most N pairs."),
     seed: int | None = typer.Option(None, "--seed", help="Shuffle with this seed before --limit."),
     max_area: int = typer.Option(480 * 832, "--max-area", help="Downscale pairs larger than this many pixels."),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="Column layout of a known dataset: instructpix2pix, magicbrush, ultraedit, vifeedit. [default: detected]",
+    ),
     source_col: str | None = typer.Option(None, "--source-col", help="Column of the source image."),
     target_col: str | None = typer.Option(None, "--target-col", help="Column of the edited image."),
     instruction_col: str | None = typer.Option(None, "--instruction-col", help="Column of the instruction."),
@@ -50,6 +55,7 @@ def prepare(
         max_area,
         overwrite=overwrite,
         columns=columns,
+        preset=preset,
         cache_model=model if cache else None,
     )
     with progress_bar("prepare", not json_out) as bar:

@@ -13,6 +13,7 @@ The prepared folder (format version 1), what `imvedit train` reads:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -39,6 +40,21 @@ COLUMN_ALIASES = {
     "instruction": ("instruction", "edit_prompt", "prompt", "edit_instruction"),
     "caption": ("caption", "edited_prompt", "target_caption", "output_caption"),
 }
+# The column layouts of well-known edit datasets, as their hub pages publish them. `--preset NAME` picks
+# one; without it a preset whose columns are all present is detected, else COLUMN_ALIASES are tried.
+PRESETS = {
+    "instructpix2pix": {  # timbrooks/instructpix2pix-clip-filtered
+        "source": "original_image", "target": "edited_image", "instruction": "edit_prompt", "caption": "edited_prompt",
+    },
+    "magicbrush": {"source": "source_img", "target": "target_img", "instruction": "instruction"},  # osunlp/MagicBrush
+    "ultraedit": {  # BleachNick/UltraEdit
+        "source": "source_image", "target": "edited_image", "instruction": "edit_prompt", "caption": "target_caption",
+    },
+    "vifeedit": {"source": "video", "target": "vife_edit_video", "instruction": "prompt"},  # metadata_vife.csv
+}  # fmt: skip
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")  # a pair given as clips: their first frames are used
+MAX_ASPECT = 4.0  # pairs wider or taller than 4:1 are dropped (extreme_aspect)
+SIZE_TOLERANCE = 0.02  # source and target aspect ratios may differ by 2% (they are resized to one size)
 SIZE_MULTIPLE = 16  # Wan's VAE stride (8) x patch size (2)
 TOY_SOURCE = "toy"  # renders shapes-world image pairs (imvedit/toy/world.py) instead of reading files
 TOY_SEED_OFFSET = 0  # training pairs use seeds [offset + seed * 1_000_003 + i]; the eval bench uses 10**9 and up
@@ -54,6 +70,7 @@ class PrepareConfig:
     min_side: int = 16  # images with a side shorter than this are dropped
     overwrite: bool = False  # replace an existing output folder
     columns: dict[str, str] = field(default_factory=dict)  # explicit mapping, e.g. {"source": "before"}
+    preset: str | None = None  # a known dataset's column layout (PRESETS); detected when not given
     toy_size: int = 64  # canvas size of rendered toy pairs
     cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
 
@@ -66,6 +83,8 @@ class PrepareConfig:
                 f"Dataset {self.source} does not exist.",
                 "Give a folder with a manifest, a saved dataset or parquet files.",
             )
+        if self.preset is not None and self.preset not in PRESETS:
+            raise UsageError(f"Unknown preset {self.preset!r}.", f"Use one of {', '.join(PRESETS)}, or give --*-col.")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}.")
         if self.max_area < SIZE_MULTIPLE * SIZE_MULTIPLE:
@@ -93,7 +112,11 @@ def bucket_size(width: int, height: int, max_area: int, multiple: int = SIZE_MUL
 # ---------------------------------------------------------------------------------------------------
 
 
-def _resolve_columns(names: list[str], explicit: dict[str, str]) -> dict[str, str]:
+def _resolve_columns(names: list[str], explicit: dict[str, str], preset: str | None = None) -> dict[str, str]:
+    if preset is None:  # detect: the first preset whose columns are all there
+        preset = next((k for k, cols in PRESETS.items() if set(cols.values()) <= set(names)), None)
+    if preset is not None:
+        explicit = {**{r: c for r, c in PRESETS[preset].items() if c in names or r != "caption"}, **explicit}
     mapping = {}
     for role, aliases in COLUMN_ALIASES.items():
         if role in explicit:
@@ -166,11 +189,11 @@ def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
         names = list(rows[0].keys()) if rows else []
         if not rows:
             raise UsageError(f"The manifest in {path} has no rows.", "Add at least one pair.")
-        mapping = _resolve_columns(names, config.columns)
+        mapping = _resolve_columns(names, config.columns, config.preset)
         table = rows
     else:
         table = _rows_from_hf(path)
-        mapping = _resolve_columns(list(table.column_names), config.columns)
+        mapping = _resolve_columns(list(table.column_names), config.columns, config.preset)
         root = path if path.is_dir() else path.parent
     order = list(range(len(table)))
     if config.seed is not None:
@@ -226,9 +249,13 @@ def _open_rgb(ref) -> Image.Image | None:
     try:
         if isinstance(ref, Image.Image):
             return ref.convert("RGB")
+        if isinstance(ref, Path) and ref.suffix.lower() in VIDEO_SUFFIXES:
+            from ..video.io import iter_frames
+
+            return Image.fromarray(next(iter(iter_frames(ref, max_frames=1))))
         with Image.open(ref) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, TypeError, AttributeError):
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, AttributeError, UsageError, StopIteration):
         return None
 
 
@@ -243,12 +270,12 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     rows, total, mapping = iter_source(config)
     with staged_dir(config.output) as tmp:
         (tmp / "images").mkdir()
-        kept, dropped = 0, Counter()
+        kept, dropped, seen = 0, Counter(), set()
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
             for n, row in enumerate(rows, 1):
                 if config.limit is not None and kept >= config.limit:
                     break
-                reason = _write_pair(row, tmp, kept, config, manifest)
+                reason = _write_pair(row, tmp, kept, config, manifest, seen)
                 if reason:
                     dropped[reason] += 1
                 else:
@@ -265,6 +292,14 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
             "imvedit_version": __version__,
             "source": str(config.source),
             "columns": mapping,
+            "preset": next(
+                (
+                    k
+                    for k, cols in PRESETS.items()
+                    if all(mapping.get(r) == c for r, c in cols.items() if r != "caption")
+                ),
+                None,
+            ),
             "options": {k: v for k, v in asdict(config).items() if k not in ("source", "output")},
             "kept": kept,
             "dropped": dict(dropped),
@@ -282,8 +317,8 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     return summary
 
 
-def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manifest) -> str | None:
-    """Write one pair; returns the reason it was dropped, or None."""
+def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manifest, seen: set) -> str | None:
+    """Write one pair; returns the reason it was dropped, or None. `seen` holds the digests of pairs kept."""
     instruction = (row["instruction"] or "").strip() if isinstance(row["instruction"], str) else ""
     if not instruction:
         return "empty_instruction"
@@ -292,6 +327,14 @@ def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manife
         return "unreadable_image"
     if min(src.size + tgt.size) < config.min_side:
         return "too_small"
+    if max(src.size) / min(src.size) > MAX_ASPECT:
+        return "extreme_aspect"
+    if abs(src.width / src.height - tgt.width / tgt.height) > SIZE_TOLERANCE * (src.width / src.height):
+        return "size_mismatch"  # not the same picture framed the same way: resizing would distort one
+    digest = hashlib.sha256(src.tobytes() + tgt.tobytes() + instruction.encode()).digest()
+    if digest in seen:
+        return "duplicate"
+    seen.add(digest)
     w, h = bucket_size(*src.size, config.max_area)
     pid = f"{index:06d}"
     names = {}

@@ -1,0 +1,106 @@
+"""`imvedit prepare` on the layouts users have: hub-style datasets, folders with broken samples."""
+
+import csv
+import json
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imvedit.cli.main import app
+
+runner = CliRunner()
+
+LAYOUTS = {  # the real column names of two well-known edit datasets
+    "instructpix2pix": {"source": "original_image", "target": "edited_image", "instruction": "edit_prompt", "caption": "edited_prompt"},
+    "magicbrush": {"source": "source_img", "target": "target_img", "instruction": "instruction"},
+}  # fmt: skip
+
+
+def _dataset(layout: str, n: int = 4) -> datasets.Dataset:
+    cols = LAYOUTS[layout]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((32, 48, 3)) * 255).astype(np.uint8)) for _ in range(n)]
+    data = {cols["source"]: images, cols["target"]: images[::-1], cols["instruction"]: [f"edit {i}" for i in range(n)]}
+    features = {
+        cols["source"]: datasets.Image(),
+        cols["target"]: datasets.Image(),
+        cols["instruction"]: datasets.Value("string"),
+    }
+    if "caption" in cols:
+        data[cols["caption"]] = [f"result {i}" for i in range(n)]
+        features[cols["caption"]] = datasets.Value("string")
+    if layout == "magicbrush":  # MagicBrush also has ids and masks; they are ignored
+        data["img_id"] = [str(i) for i in range(n)]
+        features["img_id"] = datasets.Value("string")
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+@pytest.mark.parametrize("layout", ["instructpix2pix", "magicbrush"])
+@pytest.mark.parametrize("storage", ["parquet", "save_to_disk"])
+def test_presets_are_detected_in_parquet_and_saved_datasets(tmp_path, layout, storage):
+    ds, src = _dataset(layout), tmp_path / "ds"
+    if storage == "parquet":
+        src.mkdir()
+        ds.to_parquet(str(src / "train-00000.parquet"))
+    else:
+        ds.save_to_disk(str(src))
+    r = runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["preset"] == layout and summary["kept"] == 4 and summary["dropped"] == {}
+    rows = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [x["instruction"] for x in rows] == [f"edit {i}" for i in range(4)]
+    assert [x["caption"] for x in rows] == (
+        [f"result {i}" for i in range(4)] if layout == "instructpix2pix" else [None] * 4
+    )
+    assert (tmp_path / "out" / rows[0]["source"]).is_file()
+
+
+def test_an_explicit_preset_that_does_not_fit_is_a_one_line_error(tmp_path):
+    src = tmp_path / "ds"
+    _dataset("magicbrush").save_to_disk(str(src))
+    r = runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "out"), "--preset", "instructpix2pix"])
+    assert r.exit_code == 2 and "original_image" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_with_broken_samples_keeps_exactly_the_good_ones(tmp_path):
+    """20 pairs, 10% of them broken in each way: 2 unreadable, 2 empty instructions, 2 exact duplicates,
+    plus 1 too small, 1 extreme aspect and 1 whose target is framed differently."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(20):
+        a = Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8))
+        a.save(root / f"s{i}.png")
+        a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / f"t{i}.png")
+        rows.append([f"s{i}.png", f"t{i}.png", f"flip {i}"])
+    (root / "s0.png").write_bytes(b"")  # unreadable: empty
+    (root / "s1.png").write_text("not an image")  # unreadable: text
+    rows[2][2] = rows[3][2] = "  "  # empty instructions
+    rows.append(list(rows[4]))  # exact duplicates of kept pairs
+    rows.append(list(rows[5]))
+    Image.new("RGB", (8, 8)).save(root / "tiny.png")
+    rows.append(["tiny.png", "tiny.png", "grow"])
+    Image.new("RGB", (200, 20)).save(root / "wide.png")
+    rows.append(["wide.png", "wide.png", "narrow"])
+    Image.new("RGB", (40, 56)).save(root / "portrait.png")
+    rows.append(["s6.png", "portrait.png", "rotate"])
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "target", "instruction"])
+        w.writerows(rows)
+    r = runner.invoke(app, ["prepare", str(root), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["dropped"] == {
+        "unreadable_image": 2, "empty_instruction": 2, "duplicate": 2, "too_small": 1, "extreme_aspect": 1,
+        "size_mismatch": 1,
+    }  # fmt: skip
+    kept = [json.loads(x)["instruction"] for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert kept == [f"flip {i}" for i in range(4, 20)] and summary["kept"] == 16
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["dropped"] == summary["dropped"]
