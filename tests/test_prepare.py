@@ -104,3 +104,35 @@ def test_a_folder_with_broken_samples_keeps_exactly_the_good_ones(tmp_path):
     kept = [json.loads(x)["instruction"] for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert kept == [f"flip {i}" for i in range(4, 20)] and summary["kept"] == 16
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["dropped"] == summary["dropped"]
+
+
+def test_an_interrupted_prepare_continues_and_equals_an_uninterrupted_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "imvedit", "prepare", "toy", "--limit", "600", "--seed", "3"]
+    partial = tmp_path / ".resumed.partial"
+    proc = subprocess.Popen([*cmd, "-o", str(tmp_path / "resumed")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (partial / ".resume.json").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # a little past the first checkpoint
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    assert not (tmp_path / "resumed").exists()  # nothing at the destination
+    done_before = json.loads((partial / ".resume.json").read_text())["consumed"]
+    assert 0 < done_before < 600
+
+    assert subprocess.run([*cmd, "-o", str(tmp_path / "resumed")], capture_output=True).returncode == 0
+    assert subprocess.run([*cmd, "-o", str(tmp_path / "straight")], capture_output=True).returncode == 0
+    assert not partial.exists()
+    a, b = tmp_path / "resumed", tmp_path / "straight"
+    assert (a / "manifest.jsonl").read_text() == (b / "manifest.jsonl").read_text()
+    assert len((a / "manifest.jsonl").read_text().splitlines()) == 600
+    assert json.loads((a / "prepare.json").read_text()) == json.loads((b / "prepare.json").read_text())
+    names = sorted(p.name for p in (b / "images").iterdir())
+    assert sorted(p.name for p in (a / "images").iterdir()) == names
+    assert all((a / "images" / n).read_bytes() == (b / "images" / n).read_bytes() for n in names)
+    assert not (a / ".resume.json").exists() and not (a / ".seen").exists()

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import random
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
 from ..errors import UsageError
-from ..fsutil import staged_dir
 
 FORMAT_VERSION = 1
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "metadata.jsonl", "metadata.csv")
@@ -264,15 +264,57 @@ def _open_rgb(ref) -> Image.Image | None:
 # ---------------------------------------------------------------------------------------------------
 
 
+RESUME_FILE = ".resume.json"  # inside the partial folder: how far an interrupted prepare got
+CHECKPOINT_EVERY = 64  # rows between resume checkpoints
+
+
+def _options_key(config: PrepareConfig) -> str:
+    """What must be equal for a partial folder to be continued rather than started over."""
+    blob = json.dumps({**asdict(config), "overwrite": None, "output": None}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Validate, resize and write the pairs of `config.source` into `config.output`. Returns the summary."""
+    """Validate, resize and write the pairs of `config.source` into `config.output`. Returns the summary.
+
+    The pairs go into a hidden `.NAME.partial` folder beside the output, renamed into place when
+    complete. An interrupted run (Ctrl-C, SIGTERM, a crash) leaves that folder with a checkpoint; the
+    same command run again continues from it, and the result equals an uninterrupted run's.
+    """
     config.validate()
     rows, total, mapping = iter_source(config)
-    with staged_dir(config.output) as tmp:
-        (tmp / "images").mkdir()
-        kept, dropped, seen = 0, Counter(), set()
-        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+    out = Path(config.output)
+    tmp = out.with_name(f".{out.name}.partial")
+    state = _resume_state(tmp, config)
+    if state is None:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "images").mkdir(parents=True)
+        state = {"key": _options_key(config), "consumed": 0, "kept": 0, "dropped": {}, "manifest_bytes": 0}
+    kept, dropped, consumed = state["kept"], Counter(state["dropped"]), state["consumed"]
+    seen_path = tmp / ".seen"
+    seen = set(bytes.fromhex(h) for h in seen_path.read_text().split()) if seen_path.exists() else set()
+
+    def checkpoint():
+        manifest.flush()
+        with open(seen_path, "w") as f:
+            f.write("\n".join(d.hex() for d in seen))
+        record = {
+            **state,
+            "consumed": consumed,
+            "kept": kept,
+            "dropped": dict(dropped),
+            "manifest_bytes": manifest.tell(),
+        }
+        (tmp / RESUME_FILE).write_text(json.dumps(record))
+
+    try:
+        with open(tmp / "manifest.jsonl", "a+", encoding="utf-8") as manifest:
+            manifest.truncate(state["manifest_bytes"])  # drop a line half-written when the run was stopped
+            manifest.seek(state["manifest_bytes"])
             for n, row in enumerate(rows, 1):
+                if n <= consumed:
+                    continue  # done before the interruption
                 if config.limit is not None and kept >= config.limit:
                     break
                 reason = _write_pair(row, tmp, kept, config, manifest, seen)
@@ -280,9 +322,14 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                     dropped[reason] += 1
                 else:
                     kept += 1
+                consumed = n
+                if n % CHECKPOINT_EVERY == 0:
+                    checkpoint()
                 if progress:
                     progress(n, total)
+            checkpoint()
         if kept == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise UsageError(
                 f"No usable pairs in {config.source} (dropped: {dict(dropped) or 'none'}).",
                 "Check the images and instructions.",
@@ -314,7 +361,30 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
                 m.to(device)
             summary["cache"] = build_cache(tmp, base, progress=progress)
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
+    except UsageError:
+        raise
+    except BaseException:
+        # Interrupted or crashed: keep the partial folder and its last checkpoint (taken between rows, so
+        # it is consistent) for a rerun to continue from.
+        raise
+    (tmp / RESUME_FILE).unlink()
+    seen_path.unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)  # validate() allowed it: --overwrite
+    tmp.rename(out)
     return summary
+
+
+def _resume_state(tmp: Path, config: PrepareConfig) -> dict | None:
+    """The checkpoint of an interrupted run with the same options, or None (start over)."""
+    path = tmp / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return state if state.get("key") == _options_key(config) else None
 
 
 def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manifest, seen: set) -> str | None:
