@@ -210,3 +210,24 @@ def test_killing_an_edit_leaves_no_output(tmp_path, sig):
     assert proc.returncode != 0
     assert not out.exists()
     assert not list(tmp_path.glob(".out*"))  # the temporary files are gone too
+
+
+def test_model_comes_from_flags_then_environment_then_config_file(tmp_path, monkeypatch):
+    from imvedit.edit import resolve_model
+    from imvedit.errors import UsageError
+
+    config = tmp_path / "config.yaml"
+    config.write_text("model: from-config\nadapter: a.safetensors\n")
+    monkeypatch.setenv("IMVEDIT_CONFIG", str(config))
+    monkeypatch.setenv("IMVEDIT_MODEL", "from-env")
+    monkeypatch.delenv("IMVEDIT_ADAPTER", raising=False)
+    assert resolve_model("flag", None) == ("flag", None, "flags")
+    assert resolve_model(None, None) == ("from-env", None, "environment")
+    monkeypatch.delenv("IMVEDIT_MODEL")
+    assert resolve_model(None, None) == ("from-config", "a.safetensors", "config file")
+    config.write_text("model: x\nlearning_rate: 3\n")
+    with pytest.raises(UsageError, match="may only set"):
+        resolve_model(None, None)
+    config.write_text("model: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        resolve_model(None, None)
