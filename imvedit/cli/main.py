@@ -46,8 +46,19 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def _bare_resume(argv: list[str]) -> list[str]:
+    """`train --resume` with no value means `--resume latest` (Typer options cannot take an optional value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("latest")
+    return out
+
+
 def main() -> None:
     import signal
+    import sys
 
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    app(args=_bare_resume(sys.argv[1:]))

@@ -27,6 +27,14 @@ def train(
     gradient_checkpointing: bool | None = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Save memory in the frozen base."
     ),
+    save_every: int | None = typer.Option(None, "--save-every", help="Write a resumable checkpoint every N steps."),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue from the run folder's latest checkpoint (--resume, --resume latest) or from the checkpoint folder given.",
+    ),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. [default: 0]"),
+    lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]"),
     cache: str | None = typer.Option(
         None, "--cache", help="auto: use the pairs folder's cache when made for this base; no: encode. [default: auto]"
     ),
@@ -41,6 +49,7 @@ def train(
         "pairs_dir": pairs_dir, "output": output, "model": model, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
+        "save_every": save_every, "resume": resume, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
     }  # fmt: skip
     cfg = run(lambda: TrainConfig.from_sources(config, {k: v for k, v in flags.items() if v is not None}))
     with progress_bar("train", not json_out) as bar:

@@ -483,10 +483,11 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         self.buckets = dataset.buckets()
         self.batch_size = batch_size
         self.seed = seed
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Order the batches of `epoch`; `skip` leaves out the first ones (a resumed run's data position)."""
+        self.epoch, self.skip = epoch, skip
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
@@ -499,7 +500,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        return iter(self._batches())
+        return iter(self._batches()[self.skip :])
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # a full epoch: the number of batches, whatever was skipped
         return sum(math.ceil(len(v) / self.batch_size) for v in self.buckets.values())

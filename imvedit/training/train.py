@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -22,7 +25,7 @@ from .. import __version__
 from ..data.cache import CachedPairs, cache_matches, read_cache_meta
 from ..data.pairs import BucketBatchSampler, PairsDataset
 from ..errors import UsageError
-from ..fsutil import staged_dir
+from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import save_adapter
 from ..models.bases import COMPONENTS, load_base
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
@@ -54,6 +57,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
     cache: str = "auto"  # "auto": use PAIRS_DIR/cache when it was made for this base; "no": always encode
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at the last step)
+    save_every: int | None = None  # write a resumable checkpoint every N steps (and on Ctrl-C/SIGTERM)
+    keep_checkpoints: int = 2  # how many of the latest checkpoints to keep
+    resume: str | None = None  # "latest" (the run folder's newest checkpoint) or a checkpoint folder
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
@@ -75,6 +83,10 @@ class TrainConfig:
         for name in ("cross_attention_text", "gate_text"):
             if getattr(self, name) not in TEXT_CHOICES:
                 raise UsageError(f"{name} must be one of {', '.join(TEXT_CHOICES)}, got {getattr(self, name)!r}.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UsageError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}.")
+        if self.warmup_steps < 0 or (self.save_every is not None and self.save_every < 1) or self.keep_checkpoints < 1:
+            raise UsageError("warmup_steps must be ≥ 0, and save_every and keep_checkpoints ≥ 1.")
         if self.cache not in ("auto", "no"):
             raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -86,7 +98,13 @@ class TrainConfig:
                 f"Known: {', '.join(ImVideoEditAdapter.config_switches())}.",
             )
         out = Path(self.output)
-        if out.exists() and any(out.iterdir()) and not self.overwrite:
+        if self.resume is not None:
+            if resolve_checkpoint(out, self.resume) is None:
+                raise UsageError(
+                    f"No checkpoint to resume from in {out if self.resume == 'latest' else self.resume}.",
+                    "Train with --save-every N to write checkpoints, or drop --resume.",
+                )
+        elif out.exists() and any(out.iterdir()) and not self.overwrite:
             raise UsageError(
                 f"Run folder {out} is not empty.", "Pass --overwrite to replace it, or choose another folder."
             )
@@ -172,14 +190,37 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         with torch.no_grad():
             empty_text, empty_gate = encode_text(base.tokenizer, base.text_encoder, [""])
 
-    # 2. The loop
-    with staged_dir(config.output) as tmp:
-        generator = torch.Generator().manual_seed(config.seed)
-        step, start, losses = 0, time.time(), []
-        with open(tmp / "log.jsonl", "w") as log:
-            for epoch in range(math.ceil(total / steps_per_epoch)):
-                sampler.set_epoch(epoch)
-                for batch in loader:
+    # 2. Where the run starts: fresh, or from a checkpoint (weights, optimiser, schedule, RNG, data position)
+    run_dir = Path(config.output)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
+    generator = torch.Generator().manual_seed(config.seed)
+    step, epoch0, batch0, losses = 0, 0, 0, []
+    checkpoint = resolve_checkpoint(run_dir, config.resume) if config.resume else None
+    if checkpoint is not None:
+        step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapter, optimizer, schedule, generator)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # validate() allowed it (--overwrite)
+        run_dir.mkdir(parents=True)
+    saved_any = checkpoint is not None
+
+    def save_checkpoint(epoch: int, batch: int) -> None:
+        nonlocal saved_any
+        _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config)
+        saved_any = True
+
+    # 3. The loop. Ctrl-C / SIGTERM only raise a flag; the step in flight finishes, a checkpoint is written
+    #    at that batch boundary (so a resumed run is exactly the uninterrupted one) and then the run stops.
+    #    A second Ctrl-C stops at once.
+    start, epoch, batch_index = time.time(), epoch0, batch0
+    stop = _StopFlag()
+    try:
+        stop.install()
+        with open(run_dir / "log.jsonl", "a") as log:
+            _truncate_log(log, step)
+            for epoch in range(epoch0, math.ceil(total / steps_per_epoch)):
+                sampler.set_epoch(epoch, skip=batch0 if epoch == epoch0 else 0)
+                for batch_index, batch in enumerate(loader, start=batch0 if epoch == epoch0 else 0):
                     if step >= total:
                         break
                     if cached:
@@ -217,38 +258,156 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                         )
                     accelerator.backward(loss)
                     optimizer.step()
+                    schedule.step()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     losses.append(loss.item())
-                    log.write(
-                        json.dumps(
-                            {"step": step, "epoch": epoch, "loss": losses[-1], "seconds": round(time.time() - start, 3)}
-                        )
-                        + "\n"
-                    )
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": losses[-1],
+                        "lr": schedule.get_last_lr()[0],
+                        "seconds": round(time.time() - start, 3),
+                    }
+                    log.write(json.dumps(record) + "\n")
+                    if (config.save_every and step % config.save_every == 0 and step < total) or stop.requested:
+                        log.flush()
+                        save_checkpoint(epoch, batch_index + 1)
+                    if stop.requested:
+                        raise KeyboardInterrupt
                     if progress:
                         progress(step, total, losses[-1])
+    except BaseException:
+        if not saved_any:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from: leave no partial run
+        raise
+    finally:
+        stop.uninstall()
 
-        # 3. The run folder
-        seconds = time.time() - start
-        summary = {
-            "imvedit_version": __version__,
-            "steps": step,
-            "pairs": len(dataset),
-            "pairs_seen": step * config.batch_size,
-            "seconds": round(seconds, 3),
-            "final_loss": losses[-1],
-            "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-            "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
-            "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
-        }
-        model.detach()
-        save_adapter(
-            adapter, tmp / "adapter.safetensors", base.identity, training={**summary, "config": config.to_dict()}
-        )
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    # 4. The run folder: each file appears whole
+    seconds = time.time() - start
+    summary = {
+        "imvedit_version": __version__,
+        "steps": step,
+        "pairs": len(dataset),
+        "pairs_seen": step * config.batch_size,
+        "seconds": round(seconds, 3),
+        "final_loss": losses[-1],
+        "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+        "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
+        "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    model.detach()
+    with atomic_path(run_dir / "adapter.safetensors") as tmp:
+        save_adapter(adapter, tmp, base.identity, training={**summary, "config": config.to_dict()})
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with atomic_path(run_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules and checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+
+def _lr_lambda(config: TrainConfig, total: int):
+    warm, cosine = config.warmup_steps, config.lr_schedule == "cosine"
+
+    def factor(step: int) -> float:  # step counts optimiser steps already taken
+        if step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return factor
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def resolve_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint folder `resume` names: "latest" in the run folder, or a path."""
+    if resume is None:
+        return None
+    if resume != "latest":
+        path = Path(resume)
+        return path if (path / "state.json").is_file() else None
+    found = sorted((Path(run_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*/state.json"))
+    return found[-1].parent if found else None
+
+
+def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config) -> None:
+    """Adapter weights, optimiser and schedule state, the RNG and the data position, atomically."""
+    from safetensors.torch import save_file
+
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    with staged_dir(root / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()},
+            str(tmp / "adapter.safetensors"),
+        )
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(),
+             "torch": torch.get_rng_state()},
+            tmp / "training_state.pt",
+        )  # fmt: skip
+        state = {"step": step, "epoch": epoch, "batch": batch, "losses": losses}
+        (tmp / "state.json").write_text(json.dumps(state))
+    for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, adapter, optimizer, schedule, generator) -> tuple[int, int, int, list[float]]:
+    from safetensors.torch import load_file
+
+    adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))
+    # weights_only: a checkpoint holds tensors and numbers; anything else is refused, not executed
+    training = torch.load(path / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(training["optimizer"])
+    schedule.load_state_dict(training["schedule"])
+    generator.set_state(training["generator"])
+    torch.set_rng_state(training["torch"])
+    state = json.loads((path / "state.json").read_text())
+    return state["step"], state["epoch"], state["batch"], list(state["losses"])
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM handlers that ask the loop to stop at the next batch boundary (main thread only)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def _truncate_log(log, step: int) -> None:
+    """Drop log lines past the step a resumed run restarts from (written after its checkpoint)."""
+    log.flush()
+    path = Path(log.name)
+    lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
+    log.seek(0)
+    log.truncate()
+    log.write("".join(x + "\n" for x in lines))
+    log.flush()
 
 
 def _pick_text(batch: dict, choice: str, generator: torch.Generator) -> list[str]:

@@ -1,0 +1,80 @@
+"""Training survives being killed: a resumed run ends with the adapter an uninterrupted run makes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imvedit.data.pairs import PrepareConfig, prepare
+
+COMMON = ["--model", "tiny-random", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-3", "--seed", "1"]
+
+
+def train_cmd(pairs, run, *extra):
+    return [sys.executable, "-m", "imvedit", "train", str(pairs), "-o", str(run), *COMMON, *extra]
+
+
+def same_adapter(a, b):
+    ta = load_file(str(a / "adapter.safetensors"))
+    tb = load_file(str(b / "adapter.safetensors"))
+    assert ta.keys() == tb.keys()
+    return max((ta[k] - tb[k]).abs().max().item() for k in ta)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("p") / "pairs"
+    prepare(PrepareConfig("toy", out, limit=10, seed=0, toy_size=32))  # 5 batches per epoch: resumes mid-epoch
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight(pairs, tmp_path_factory):
+    run = tmp_path_factory.mktemp("s") / "run"
+    subprocess.run(train_cmd(pairs, run), check=True, capture_output=True)
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_to_the_same_adapter(pairs, straight, tmp_path, sig):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(pairs, run, "--save-every", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(run.glob("checkpoints/*/state.json")):
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0, "the run finished before it could be killed"
+    assert not (run / "adapter.safetensors").exists()  # no final adapter from an unfinished run
+    saved = json.loads(sorted(run.glob("checkpoints/*/state.json"))[-1].read_text())
+    assert 0 < saved["step"] < 12
+    r = subprocess.run(train_cmd(pairs, run, "--save-every", "3", "--resume", "--json"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 12
+    assert same_adapter(run, straight) < 1e-5
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == list(range(1, 13))  # one line per step, none repeated
+    straight_log = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
+    assert torch.allclose(
+        torch.tensor([x["loss"] for x in log]), torch.tensor([x["loss"] for x in straight_log]), rtol=1e-4
+    )
+
+
+def test_resume_without_a_checkpoint_is_a_usage_error(pairs, tmp_path):
+    r = subprocess.run(train_cmd(pairs, tmp_path / "run", "--resume"), capture_output=True, text=True)
+    assert r.returncode == 2 and "No checkpoint" in r.stderr and "\n" not in r.stderr.strip()
+
+
+def test_warmup_and_cosine_schedule(pairs, tmp_path):
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "run", "--warmup-steps", "4", "--lr-schedule", "cosine"), capture_output=True
+    )
+    assert r.returncode == 0, r.stderr
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(2e-3 / 4 * 1) or lrs[0] < lrs[3]  # rising during warm-up
+    assert lrs[:4] == sorted(lrs[:4]) and lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 1e-4
