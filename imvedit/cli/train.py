@@ -39,6 +39,15 @@ def train(
         None, "--cache", help="auto: use the pairs folder's cache when made for this base; no: encode. [default: auto]"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print parameter counts and a peak-memory estimate from the configs; train nothing."
+    ),
+    gpu_memory: float | None = typer.Option(
+        None, "--gpu-memory", help="With --dry-run: GB of device memory to fit; says which options would fit."
+    ),
+    max_area: int | None = typer.Option(
+        None, "--max-area", help="With --dry-run and no pairs folder: training pixels per pair. [default: 480x832]"
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Train an ImVideoEdit adapter on image pairs; the base stays frozen."""
@@ -51,6 +60,12 @@ def train(
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
     }  # fmt: skip
+    if dry_run:
+        from ..training.train import dry_run as plan_run
+
+        result = run(lambda: plan_run(config, {k: v for k, v in flags.items() if v is not None}, gpu_memory, max_area))
+        emit(result, json_out, _plan_text(result))
+        return
     cfg = run(lambda: TrainConfig.from_sources(config, {k: v for k, v in flags.items() if v is not None}))
     with progress_bar("train", not json_out) as bar:
         summary = run(lambda: run_train(cfg, progress=lambda s, t, loss: bar(s, t, f"loss {loss:.4f}")))
@@ -59,3 +74,23 @@ def train(
         json_out,
         f"Trained {summary['steps']} steps (final loss {summary['final_loss']:.4f}); adapter in {cfg.output}/adapter.safetensors",
     )
+
+
+def _plan_text(r: dict) -> str:
+    e = r["estimate"]
+    lines = [
+        f"Base transformer: {r['transformer_parameters'] / 1e9:.2f}B parameters; adapter (trainable): "
+        f"{r['adapter_parameters'] / 1e6:.1f}M ({100 * r['adapter_fraction']:.1f}%).",
+        f"Peak device memory, estimated ({r['note']}): {e['peak_gb']} GB for {e['tokens_per_step']} tokens per step",
+        "  " + ", ".join(f"{k.replace('_', ' ')} {v} GB" for k, v in e["parts_gb"].items()),
+    ]
+    if "fits" in r:
+        if r["fits"]:
+            lines.append(f"Fits in {r['gpu_memory_gb']} GB.")
+        else:
+            s = r["suggestion"]
+            verdict = "fits" if s.get("fits", True) else "still does not fit"
+            lines.append(
+                f"Does not fit in {r['gpu_memory_gb']} GB. With {'; '.join(s['options'])}: {s['peak_gb']} GB ({verdict})."
+            )
+    return "\n".join(lines)

@@ -159,7 +159,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     #    base the VAE and the text encoder are not even loaded.
     cached = config.cache == "auto" and cache_usable(config.pairs_dir, config.model)
     components = ("transformer", "scheduler") if cached else COMPONENTS
-    base = load_base(config.model, torch_dtype=torch.float32, components=components)  # fp32 master weights
+    # The base is frozen, so it needs no fp32 master copy: under mixed precision it is loaded in that dtype.
+    base_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
+    base = load_base(config.model, torch_dtype=base_dtype, components=components)
     for m in (base.transformer, base.vae, base.text_encoder):
         if m is not None:
             m.to(device)
@@ -439,3 +441,31 @@ def cache_usable(pairs_dir: str | Path, model: str) -> bool:
 
     meta = read_cache_meta(pairs_dir)
     return meta is not None and meta["key"]["base"] == base_id(model)
+
+
+def dry_run(yaml_path: str | Path | None, overrides: dict, gpu_memory: float | None, max_area: int | None) -> dict:
+    """The memory plan of the run these options describe (imvedit/training/plan.py); nothing is trained."""
+    from ..data.pairs import load_pairs_manifest
+    from .plan import plan, read_plan_input
+
+    values = dict(overrides)
+    if yaml_path is not None:
+        values = {**(yaml.safe_load(Path(yaml_path).read_text()) or {}), **overrides}
+    defaults = TrainConfig(pairs_dir=Path("."), output=Path("."))
+    get = lambda k: values.get(k, getattr(defaults, k))  # noqa: E731
+    area = max_area or 480 * 832
+    cached = False
+    if values.get("pairs_dir") and Path(values["pairs_dir"]).is_dir():  # the largest bucket decides the peak
+        rows = load_pairs_manifest(values["pairs_dir"])
+        area = max_area or max(r["width"] * r["height"] for r in rows)
+        cached = get("cache") == "auto" and cache_usable(values["pairs_dir"], get("model"))
+    unknown = set(get("adapter")) - set(ImVideoEditAdapter.config_switches())
+    if unknown:
+        raise UsageError(f"Unknown adapter option(s): {', '.join(sorted(unknown))}.")
+    return {
+        "model": get("model"),
+        **plan(
+            read_plan_input(get("model")), get("adapter"), area, get("batch_size"), get("mixed_precision"),
+            bool(get("gradient_checkpointing")), cached, gpu_memory,
+        ),
+    }  # fmt: skip
