@@ -78,3 +78,24 @@ def test_warmup_and_cosine_schedule(pairs, tmp_path):
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert lrs[0] == pytest.approx(2e-3 / 4 * 1) or lrs[0] < lrs[3]  # rising during warm-up
     assert lrs[:4] == sorted(lrs[:4]) and lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 1e-4
+
+
+def test_two_processes_train_one_adapter(pairs, tmp_path):
+    """Data parallel on the CPU (gloo), launched by torchrun as `accelerate launch` would on GPUs:
+    each process takes half of every epoch's batches and only the main process writes the run."""
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "imvedit", "train", str(pairs),
+         "-o", str(run), "--model", "tiny-random", "--max-steps", "4", "--batch-size", "2", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (summary,) = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]  # one report, from rank 0
+    assert summary["processes"] == 2 and summary["pairs_seen"] == 16
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(x["processes"] == 2 and x["pairs_per_s_per_process"] > 0 for x in log)
+    from imvedit.models.adapter_file import load_adapter
+    from imvedit.models.bases import load_base
+
+    adapter, meta = load_adapter(run / "adapter.safetensors", load_base("tiny-random").fingerprint)
+    assert meta["training"]["steps"] == 4

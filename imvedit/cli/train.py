@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -69,6 +70,8 @@ def train(
     cfg = run(lambda: TrainConfig.from_sources(config, {k: v for k, v in flags.items() if v is not None}))
     with progress_bar("train", not json_out) as bar:
         summary = run(lambda: run_train(cfg, progress=lambda s, t, loss: bar(s, t, f"loss {loss:.4f}")))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one report per run: the main process's
     emit(
         summary,
         json_out,

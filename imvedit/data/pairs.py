@@ -479,7 +479,8 @@ class PairsDataset(torch.utils.data.Dataset):
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Batches of pairs of one size, in an order fixed by (seed, epoch)."""
 
-    def __init__(self, dataset: PairsDataset, batch_size: int, seed: int):
+    def __init__(self, dataset: PairsDataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        self.num_replicas, self.rank = num_replicas, rank
         self.buckets = dataset.buckets()
         self.batch_size = batch_size
         self.seed = seed
@@ -497,10 +498,13 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             rng.shuffle(idx)
             batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         rng.shuffle(batches)
+        if self.num_replicas > 1:  # every process gets as many batches as the others (DDP steps together)
+            batches = batches[: len(batches) // self.num_replicas * self.num_replicas][self.rank :: self.num_replicas]
         return batches
 
     def __iter__(self):
         return iter(self._batches()[self.skip :])
 
-    def __len__(self) -> int:  # a full epoch: the number of batches, whatever was skipped
-        return sum(math.ceil(len(v) / self.batch_size) for v in self.buckets.values())
+    def __len__(self) -> int:  # a full epoch of this process: the number of batches, whatever was skipped
+        n = sum(math.ceil(len(v) / self.batch_size) for v in self.buckets.values())
+        return n // self.num_replicas if self.num_replicas > 1 else n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -176,7 +177,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     if config.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampler = BucketBatchSampler(dataset, config.batch_size, config.seed)
+    # Under `accelerate launch` each process takes its share of every epoch's batches (DDP syncs gradients).
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    sampler = BucketBatchSampler(dataset, config.batch_size, config.seed, num_replicas=world, rank=rank)
     if cached:
         items = CachedPairs(config.pairs_dir, dataset.rows)
         loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=items.collate)
@@ -195,20 +199,22 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     # 2. Where the run starts: fresh, or from a checkpoint (weights, optimiser, schedule, RNG, data position)
     run_dir = Path(config.output)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)  # rank 0: the single-process run
     step, epoch0, batch0, losses = 0, 0, 0, []
     checkpoint = resolve_checkpoint(run_dir, config.resume) if config.resume else None
     if checkpoint is not None:
         step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapter, optimizer, schedule, generator)
-    else:
+    elif main:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # validate() allowed it (--overwrite)
         run_dir.mkdir(parents=True)
+    accelerator.wait_for_everyone()
     saved_any = checkpoint is not None
 
     def save_checkpoint(epoch: int, batch: int) -> None:
         nonlocal saved_any
-        _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config)
+        if main:
+            _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config)
         saved_any = True
 
     # 3. The loop. Ctrl-C / SIGTERM only raise a flag; the step in flight finishes, a checkpoint is written
@@ -218,8 +224,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     stop = _StopFlag()
     try:
         stop.install()
-        with open(run_dir / "log.jsonl", "a") as log:
-            _truncate_log(log, step)
+        with open(run_dir / "log.jsonl", "a") if main else open(os.devnull, "w") as log:
+            if main:
+                _truncate_log(log, step)
+            last = time.time()
             for epoch in range(epoch0, math.ceil(total / steps_per_epoch)):
                 sampler.set_epoch(epoch, skip=batch0 if epoch == epoch0 else 0)
                 for batch_index, batch in enumerate(loader, start=batch0 if epoch == epoch0 else 0):
@@ -264,13 +272,17 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     losses.append(loss.item())
+                    now = time.time()
                     record = {
                         "step": step,
                         "epoch": epoch,
                         "loss": losses[-1],
                         "lr": schedule.get_last_lr()[0],
-                        "seconds": round(time.time() - start, 3),
+                        "seconds": round(now - start, 3),
+                        "pairs_per_s_per_process": round(len(source) / max(now - last, 1e-9), 2),
+                        "processes": world,
                     }
+                    last = now
                     log.write(json.dumps(record) + "\n")
                     if (config.save_every and step % config.save_every == 0 and step < total) or stop.requested:
                         log.flush()
@@ -280,7 +292,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     if progress:
                         progress(step, total, losses[-1])
     except BaseException:
-        if not saved_any:
+        if not saved_any and main:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from: leave no partial run
         raise
     finally:
@@ -292,15 +304,19 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         "imvedit_version": __version__,
         "steps": step,
         "pairs": len(dataset),
-        "pairs_seen": step * config.batch_size,
+        "pairs_seen": step * config.batch_size * world,
         "seconds": round(seconds, 3),
         "final_loss": losses[-1],
         "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
         "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
         "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
         "resumed_from": str(checkpoint) if checkpoint else None,
+        "processes": world,
     }
     model.detach()
+    accelerator.wait_for_everyone()
+    if not main:
+        return summary
     with atomic_path(run_dir / "adapter.safetensors") as tmp:
         save_adapter(adapter, tmp, base.identity, training={**summary, "config": config.to_dict()})
     with atomic_path(run_dir / "config.yaml") as tmp:
