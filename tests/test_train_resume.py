@@ -99,3 +99,20 @@ def test_two_processes_train_one_adapter(pairs, tmp_path):
 
     adapter, meta = load_adapter(run / "adapter.safetensors", load_base("tiny-random").fingerprint)
     assert meta["training"]["steps"] == 4
+
+
+def test_validation_pictures_and_model_card(pairs, tmp_path):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    r = subprocess.run(train_cmd(pairs, run, "--validate-every", "6"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pictures = sorted(p.name for p in (run / "validation").iterdir())
+    assert pictures == ["step-00000006.png", "step-00000012.png"]
+    with Image.open(run / "validation" / pictures[0]) as im:
+        import numpy as np
+
+        assert im.width == im.height  # 4 pairs in rows, each: source, edit, target, gate
+        assert np.asarray(im).std() > 10  # pictures, not a blank sheet
+    card = (run / "README.md").read_text()
+    assert "tiny-random" in card and "| steps | 12 " in card

@@ -34,6 +34,9 @@ def train(
         "--resume",
         help="Continue from the run folder's latest checkpoint (--resume, --resume latest) or from the checkpoint folder given.",
     ),
+    validate_every: int | None = typer.Option(
+        None, "--validate-every", help="Every N steps, save a picture of a few fixed pairs edited (run/validation/)."
+    ),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. [default: 0]"),
     lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]"),
     cache: str | None = typer.Option(
@@ -59,7 +62,7 @@ def train(
         "pairs_dir": pairs_dir, "output": output, "model": model, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
-        "save_every": save_every, "resume": resume, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
+        "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run

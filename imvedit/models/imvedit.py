@@ -371,8 +371,14 @@ class ImVideoEditTransformer(nn.Module):
                 "The adapter was built for a base of another size.",
                 "Use the base it was trained on (see `imvedit export --inspect`).",
             )
+        if base.__dict__.get("_imvedit_wrapper") is not None:
+            raise UsageError(
+                "This base already has an adapter attached.",
+                "Detach it first, or use ImVideoEditTransformer.attached().",
+            )
         self.base = base
         self.adapter = adapter
+        base.__dict__["_imvedit_wrapper"] = self  # plain attribute: not registered as a submodule of the base
         base.requires_grad_(False)
         self.state = _PassState()
         self._handles = []
@@ -434,8 +440,19 @@ class ImVideoEditTransformer(nn.Module):
 
         return hook
 
+    @classmethod
+    def attached(cls, base: WanTransformer3DModel, adapter: ImVideoEditAdapter) -> tuple[ImVideoEditTransformer, bool]:
+        """The wrapper already attaching `adapter` to `base` (e.g. the training loop's, while a validation
+        edit runs), or a new one. Returns (wrapper, created): detach it only if `created`."""
+        existing = base.__dict__.get("_imvedit_wrapper")
+        if existing is not None and existing.adapter is adapter:
+            return existing, False
+        return cls(base, adapter), True
+
     def detach(self) -> WanTransformer3DModel:
         """Remove every hook and processor; returns the untouched base."""
+        if self.base.__dict__.get("_imvedit_wrapper") is self:
+            del self.base.__dict__["_imvedit_wrapper"]
         self.state.mode, self.state.source, self.state.gate_text, self.state.temb = "plain", None, None, None
         for handle in self._handles:
             handle.remove()

@@ -214,7 +214,11 @@ class ImVideoEditPipeline(DiffusionPipeline):
         length = source.shape[2]
         windows = self.latent_windows(num_frames, window_size, window_overlap)
         weights = [w.to(device, dtype).view(1, 1, -1, 1, 1) for w in window_weights(windows, length)]
-        model = ImVideoEditTransformer(self.transformer, self.adapter) if self.adapter is not None else None
+        model, created = (
+            ImVideoEditTransformer.attached(self.transformer, self.adapter)
+            if self.adapter is not None
+            else (None, False)
+        )
         try:
             use_source_cfg = model is not None and source_guidance_scale != 1.0
             window_features = []
@@ -280,7 +284,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, {"latents": latents})
         finally:
-            if model is not None:
+            if created:
                 model.detach()
 
         # 6. Decode

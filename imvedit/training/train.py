@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -63,6 +64,8 @@ class TrainConfig:
     save_every: int | None = None  # write a resumable checkpoint every N steps (and on Ctrl-C/SIGTERM)
     keep_checkpoints: int = 2  # how many of the latest checkpoints to keep
     resume: str | None = None  # "latest" (the run folder's newest checkpoint) or a checkpoint folder
+    validate_every: int | None = None  # every N steps, edit a few fixed pairs and save a picture of it
+    validation_pairs: int = 4  # how many pairs (the first ones of the prepared folder)
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
@@ -88,6 +91,8 @@ class TrainConfig:
             raise UsageError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}.")
         if self.warmup_steps < 0 or (self.save_every is not None and self.save_every < 1) or self.keep_checkpoints < 1:
             raise UsageError("warmup_steps must be ≥ 0, and save_every and keep_checkpoints ≥ 1.")
+        if (self.validate_every is not None and self.validate_every < 1) or self.validation_pairs < 1:
+            raise UsageError("validate_every and validation_pairs must be at least 1.")
         if self.cache not in ("auto", "no"):
             raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -287,6 +292,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     if (config.save_every and step % config.save_every == 0 and step < total) or stop.requested:
                         log.flush()
                         save_checkpoint(epoch, batch_index + 1)
+                    if config.validate_every and (step % config.validate_every == 0 or step == total) and main:
+                        _validate(config, base, adapter, dataset, run_dir / "validation" / f"step-{step:08d}.png")
                     if stop.requested:
                         raise KeyboardInterrupt
                     if progress:
@@ -323,7 +330,59 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     with atomic_path(run_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
+    with atomic_path(run_dir / "README.md") as tmp:
+        tmp.write_text(_model_card(config, summary, base))
     return summary
+
+
+def _model_card(config: TrainConfig, summary: dict, base) -> str:
+    return (
+        f"# ImVideoEdit adapter\n\n"
+        f"An edit adapter for the frozen base `{base.name}` (transformer fingerprint `{base.fingerprint}`), "
+        f"trained with imvedit {__version__} on image pairs only.\n\n"
+        f"| | |\n|---|---|\n"
+        f"| pairs | {summary['pairs']} (`{config.pairs_dir}`) |\n"
+        f"| steps | {summary['steps']} × batch {config.batch_size} × {summary['processes']} process(es) |\n"
+        f"| time | {summary['seconds']:.0f} s |\n"
+        f"| final loss | {summary['final_loss']:.4f} (mean of the last 10: {summary['mean_loss_last_10']:.4f}) |\n"
+        f"| trainable parameters | {summary['trainable_parameters']:,} |\n\n"
+        f'```bash\nimvedit edit in.mp4 "your instruction" -o out.mp4 --adapter adapter.safetensors\n```\n\n'
+        f"The full training config is in `config.yaml`, the loss per step in `log.jsonl`.\n"
+    )
+
+
+@torch.no_grad()
+def _validate(config: TrainConfig, base, adapter, dataset, path: Path) -> None:
+    """Edit the first pairs of the folder with the adapter as it is now: one row per pair (source, edit,
+    target, gate) in a PNG, so the user sees the edit being learned."""
+    from ..evaluation.toy_bench import contact_sheet
+    from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+    if base.vae is None or base.text_encoder is None:  # trained from a cache: load them for this, once
+        extra = load_base(config.model, torch_dtype=torch.float32, components=("vae", "text_encoder", "tokenizer"))
+        base.vae, base.text_encoder, base.tokenizer = extra.vae, extra.text_encoder, extra.tokenizer
+    device = next(adapter.parameters()).device
+    base.vae.to(device)
+    base.text_encoder.to(device)
+    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = adapter.training
+    adapter.eval()
+    rows = []
+    size = (dataset.rows[0]["width"], dataset.rows[0]["height"])
+    same_size = [i for i, r in enumerate(dataset.rows) if (r["width"], r["height"]) == size]  # one picture grid
+    for i in same_size[: config.validation_pairs]:
+        item = dataset[i]
+        to_img = lambda t: ((t[:, 0].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).clip(0, 1)  # noqa: E731
+        source = to_img(item["source"])
+        out = pipe((source * 255).round().astype("uint8")[None], item["caption"], gate_prompt=item["instruction"],
+                   num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(i))  # fmt: skip
+        gate = out.gate[0] if out.gate is not None else source[..., 0] * 0
+        rows.append(np.stack([source, out.frames[0], to_img(item["target"]), np.repeat(gate[..., None], 3, -1)]))
+    adapter.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        contact_sheet(rows, tmp, max_columns=4)
 
 
 # ---------------------------------------------------------------------------------------------------
