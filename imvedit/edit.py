@@ -139,14 +139,22 @@ def resolve_model(model: str | None, adapter: str | None) -> tuple[str, str | No
     return SHAPES_WAN, str(SHAPES_WAN_ADAPTER), "bundle"
 
 
+EXPORTED_ADAPTER = Path("adapter") / "diffusion_pytorch_model.safetensors"  # in an `export --format diffusers` folder
+
+
 def resolve_adapter_path(adapter: str | Path) -> Path:
+    """An adapter file, a run folder or an exported folder (adapter or diffusers format) -> the file."""
     p = Path(adapter)
+    if p.is_dir() and not (p / ADAPTER_FILE).is_file() and (p / EXPORTED_ADAPTER).is_file():
+        return p / EXPORTED_ADAPTER
     return p / ADAPTER_FILE if p.is_dir() else p
 
 
 def load_model(model: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Base, object]:
     """The base (named, or the one the adapter names) and the adapter, checked against each other."""
     meta = None
+    if adapter is None and model is not None and (Path(model) / EXPORTED_ADAPTER).is_file():
+        adapter = str(Path(model) / EXPORTED_ADAPTER)  # a diffusers export carries its adapter
     if adapter is not None:
         adapter_path = resolve_adapter_path(adapter)
         meta = read_adapter_metadata(adapter_path)

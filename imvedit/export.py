@@ -1,43 +1,255 @@
-"""`imvedit export`: a run's adapter as a standalone, verified `.safetensors` file."""
+"""`imvedit export`: a trained adapter as artefacts other tools load, each checked on the way out and in.
+
+Formats:
+- `adapter` (default): the adapter `.safetensors` (metadata: format version, adapter config, base
+  identity and fingerprint, training summary, payload sha256) and a model card `README.md`, in a folder;
+  or the file alone when the output ends in `.safetensors`.
+- `diffusers`: a complete pipeline folder (the base's components and `adapter/`) that
+  `ImVideoEditPipeline.from_pretrained(OUT)` loads, and `diffusers.DiffusionPipeline.from_pretrained(OUT,
+  custom_pipeline="pipeline", trust_remote_code=True)` too: its `pipeline.py` only imports the installed
+  imvedit. `--link-base` links the base's component folders instead of copying them.
+
+`inspect_adapter` says what an adapter file is, and whether its weights still match their hash.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import __version__
 from .edit import resolve_adapter_path
-from .errors import UsageError
-from .fsutil import check_output_path
-from .models.adapter_file import load_adapter, save_adapter
+from .errors import ImveditError, UsageError
+from .fsutil import check_output_dir, check_output_path, staged_dir
+from .models.adapter_file import (
+    check_base,
+    load_adapter,
+    payload_sha256,
+    read_adapter_metadata,
+    read_verified_tensors,
+    save_adapter,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FORMATS = ("adapter", "diffusers")
+ADAPTER_FILE = "adapter.safetensors"
+# The file `DiffusionPipeline.from_pretrained(..., custom_pipeline="pipeline")` reads: no model code, only
+# the installed imvedit's pipeline, so the folder never carries code of its own.
+PIPELINE_SHIM = (
+    '"""Lets `diffusers.DiffusionPipeline.from_pretrained` find the ImVideoEdit pipeline of the installed imvedit."""\n'
+    "\nfrom imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline  # noqa: F401\n"
+)
 
 
 @dataclass
 class ExportConfig:
     source: Path  # a run folder (holding adapter.safetensors) or an adapter file
-    output: Path  # the .safetensors file to write
-    dtype: str = "fp32"  # fp32, fp16 or bf16
+    output: Path  # a folder to create; with --format adapter, a .safetensors path writes the file alone
+    format: str = "adapter"  # adapter or diffusers
+    dtype: str = "fp32"  # the adapter's weights as written: fp32, fp16 or bf16 (diffusers: the base's too)
+    model: str | None = None  # diffusers: the base to package (default: the one the adapter was trained for)
+    link_base: bool = False  # diffusers: symlink the base's component folders instead of copying them
     overwrite: bool = False  # replace an existing output
 
     def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}.")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
-        if Path(self.output).suffix != ".safetensors":
-            raise UsageError(f"Output {self.output} should end in .safetensors.", "Name it e.g. my-edit.safetensors.")
-        check_output_path(self.output, [resolve_adapter_path(self.source)], self.overwrite)
+        if self.link_base and self.format != "diffusers":
+            raise UsageError("--link-base only applies to --format diffusers.")
+        if self.model is not None and self.format != "diffusers":
+            raise UsageError("--model only applies to --format diffusers (an adapter file names its base).")
+        source = resolve_adapter_path(self.source)
+        if self.writes_single_file:
+            check_output_path(self.output, [source], self.overwrite)
+        else:
+            if Path(self.output).suffix == ".safetensors":
+                raise UsageError(
+                    f"--format {self.format} writes a folder, not {self.output}.",
+                    "Give a folder name, e.g. -o my-edit.",
+                )
+            check_output_dir(self.output, [source], self.overwrite)
+
+    @property
+    def writes_single_file(self) -> bool:
+        return self.format == "adapter" and Path(self.output).suffix == ".safetensors"
 
 
 def export(config: ExportConfig) -> dict:
     config.validate()
-    path = resolve_adapter_path(config.source)
-    adapter, meta = load_adapter(path)  # verifies format and payload hash
-    save_adapter(adapter, config.output, meta["base"], training=meta.get("training"), dtype=DTYPES[config.dtype])
-    return {
-        "output": str(config.output),
+    source = resolve_adapter_path(config.source)
+    adapter, meta = load_adapter(source)  # verifies format and payload hash before anything is written
+    dtype = DTYPES[config.dtype]
+    out = Path(config.output)
+    result = {
+        "output": str(out),
+        "format": config.format,
         "base": meta["base"]["name"],
         "parameters": sum(p.numel() for p in adapter.parameters()),
         "dtype": config.dtype,
     }
+    if config.writes_single_file:
+        save_adapter(adapter, out, meta["base"], training=meta.get("training"), dtype=dtype)
+    elif config.format == "adapter":
+        with staged_dir(out) as tmp:
+            save_adapter(adapter, tmp / ADAPTER_FILE, meta["base"], training=meta.get("training"), dtype=dtype)
+            (tmp / "README.md").write_text(model_card(meta, result, "adapter"))
+    else:
+        result["base_linked"] = config.link_base
+        _export_diffusers(config, adapter, meta, result)
+    return result
+
+
+def _export_diffusers(config: ExportConfig, adapter, meta: dict, result: dict) -> None:
+    from .models.bases import SHAPES_WAN, SHAPES_WAN_DIR, config_fingerprint, load_base
+    from .pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+    dtype = DTYPES[config.dtype]
+    base_name = config.model or meta["base"]["name"]
+    result["base"] = base_name
+    with staged_dir(config.output) as tmp:
+        if config.link_base:
+            folder = _base_folder(base_name, SHAPES_WAN, SHAPES_WAN_DIR)
+            from diffusers import WanTransformer3DModel
+
+            check_base(meta, config_fingerprint(WanTransformer3DModel.load_config(folder, subfolder="transformer")))
+            base_index = json.loads((folder / "model_index.json").read_text())
+            # the five components of a Wan base, linked; the base pipeline's own options do not apply here
+            index = {
+                "_class_name": ImVideoEditPipeline.__name__,
+                "_diffusers_version": base_index.get("_diffusers_version"),
+            }
+            for name in ("scheduler", "text_encoder", "tokenizer", "transformer", "vae"):
+                if not (folder / name).is_dir():
+                    raise UsageError(
+                        f"Base folder {folder} has no {name}/.", "Point --model at a complete diffusers Wan folder."
+                    )
+                os.symlink((folder / name).resolve(), tmp / name, target_is_directory=True)
+                index[name] = base_index[name]
+            adapter.base_identity = meta["base"]
+            adapter.save_pretrained(tmp / "adapter")
+            index["adapter"] = [type(adapter).__module__, type(adapter).__name__]  # as diffusers itself records it
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        else:
+            # the transformer and text encoder in the chosen dtype; the VAE stays fp32, as Wan's pipelines run it
+            base = load_base(base_name, torch_dtype=None if dtype == torch.float32 else dtype)
+            check_base(meta, base.fingerprint)
+            adapter.base_identity = meta["base"]
+            pipe = ImVideoEditPipeline(
+                base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter
+            )
+            pipe.save_pretrained(str(tmp))
+        # the adapter's weights again, in the export dtype and with the run's training summary
+        save_adapter(
+            adapter,
+            tmp / "adapter" / "diffusion_pytorch_model.safetensors",
+            meta["base"],
+            training=meta.get("training"),
+            dtype=dtype,
+        )
+        (tmp / "pipeline.py").write_text(PIPELINE_SHIM)
+        (tmp / "README.md").write_text(model_card(meta, result, "diffusers"))
+
+
+def _base_folder(name: str, shapes_wan: str, shapes_wan_dir: Path) -> Path:
+    """The base's diffusers folder on disk, for --link-base."""
+    if name == shapes_wan:
+        return shapes_wan_dir
+    path = Path(name).expanduser()
+    if (path / "model_index.json").is_file():
+        return path.resolve()
+    if name.count("/") == 1 and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - any miss means the same thing to the user
+            raise UsageError(
+                f"--link-base needs the base on disk, and {name} is not in the local hub cache.",
+                f"Download it first (`hf download {name}`) or export without --link-base.",
+            ) from e
+    raise UsageError(
+        f"--link-base needs a base folder on disk; {name!r} has none.", "Export without --link-base to copy the base."
+    )
+
+
+def model_card(meta: dict, result: dict, fmt: str) -> str:
+    base = meta["base"]
+    training = meta.get("training") or {}
+    rows = [
+        ("base", f"`{base['name']}` (transformer fingerprint `{base['fingerprint']}`)"),
+        ("trainable parameters", f"{result['parameters']:,}"),
+        ("dtype", result["dtype"]),
+        ("switches", ", ".join(f"{k}={v}" for k, v in meta["adapter_config"].items() if not k.startswith("_"))),
+    ]
+    for key in ("pairs", "steps", "seconds", "final_loss"):
+        if key in training:
+            value = training[key]
+            rows.append((f"training {key}", f"{value:.4g}" if isinstance(value, float) else str(value)))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if fmt == "adapter":
+        usage = (
+            "```bash\n"
+            f'imvedit edit in.mp4 "your instruction" -o out.mp4 --adapter {ADAPTER_FILE}\n'
+            "```\n\n"
+            "```python\n"
+            "from imvedit.models.adapter_file import load_adapter\n\n"
+            f'adapter, meta = load_adapter("{ADAPTER_FILE}")  # checks the payload hash\n'
+            "```\n"
+        )
+    else:
+        usage = (
+            "```python\n"
+            "from imvedit import ImVideoEditPipeline\n\n"
+            'pipe = ImVideoEditPipeline.from_pretrained("THIS_FOLDER")\n'
+            'out = pipe(frames, "your instruction")  # frames: (n, h, w, 3) uint8\n\n'
+            "# or through diffusers alone (pipeline.py only imports the installed imvedit):\n"
+            "from diffusers import DiffusionPipeline\n\n"
+            'pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER", custom_pipeline="pipeline", trust_remote_code=True)\n'
+            "```\n\n"
+            "```bash\n"
+            'imvedit edit in.mp4 "your instruction" -o out.mp4 --model THIS_FOLDER\n'
+            "```\n"
+        )
+    return (
+        "---\nlibrary_name: imvedit\ntags: [video-editing, wan, imvideoedit]\n---\n\n"
+        f"# ImVideoEdit adapter ({fmt} export)\n\n"
+        "An edit adapter for a frozen Wan video diffusion transformer, trained on image pairs only "
+        f"(ImVideoEdit), exported with imvedit {__version__}.\n\n"
+        f"| | |\n|---|---|\n{table}\n\n{usage}\n"
+        "Loading checks that the weights match their recorded sha256 and that the base has the "
+        "architecture the adapter was trained for.\n"
+    )
+
+
+def inspect_adapter(path: str | Path) -> dict:
+    """What an adapter file is: base, config, parameters, dtype, training summary and hash status."""
+    path = resolve_adapter_path(path)
+    meta = read_adapter_metadata(path)
+    try:
+        tensors, _ = read_verified_tensors(path)
+        hash_ok, problem = True, None
+    except ImveditError as e:
+        tensors, hash_ok, problem = None, False, e.message
+    info = {
+        "path": str(path),
+        "format_version": meta["format_version"],
+        "base": meta["base"]["name"],
+        "base_fingerprint": meta["base"]["fingerprint"],
+        "adapter_config": {k: v for k, v in meta["adapter_config"].items() if not k.startswith("_")},
+        "training": meta.get("training"),
+        "payload_sha256": meta.get("payload_sha256"),
+        "hash_ok": hash_ok,
+    }
+    if tensors is not None:
+        info["parameters"] = sum(t.numel() for t in tensors.values())
+        info["dtype"] = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+        info["computed_sha256"] = payload_sha256(tensors)
+    if problem:
+        info["problem"] = problem
+    return info

@@ -76,3 +76,21 @@ def check_output_path(output: str | Path, inputs: list[str | Path] = (), overwri
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"Output folder {out.parent} is not writable.", "Choose a folder you can write to.")
     return out
+
+
+def check_output_dir(output: str | Path, inputs: list[str | Path] = (), overwrite: bool = False) -> Path:
+    """Fail before any work when a folder output cannot or must not be (re)written."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"Output {out} is a file, and this writes a folder.", "Choose another path.")
+    for src in inputs:
+        if out.exists() and Path(src).exists() and Path(src).resolve().is_relative_to(out.resolve()):
+            raise UsageError(f"Output folder {out} holds the input {src}.", "Write the result to another folder.")
+    if out.exists() and not overwrite:
+        raise UsageError(f"Output {out} already exists.", "Pass --overwrite to replace it, or choose another path.")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise UsageError(f"Output folder {parent} does not exist.", "Create it first or choose another path.")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"Output folder {parent} is not writable.", "Choose a folder you can write to.")
+    return out

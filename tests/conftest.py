@@ -2,6 +2,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# diffusers copies a folder's custom pipeline file here before importing it; keep that out of the home dir
+os.environ.setdefault("HF_MODULES_CACHE", __import__("tempfile").mkdtemp(prefix="hf-modules-"))
 
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -1,22 +1,75 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from ._common import emit, run
+from ..errors import UsageError
+from ._common import emit, fail, run
 
 
 def export(
-    source: Path = typer.Argument(..., help="A run folder or an adapter .safetensors."),
-    output: Path = typer.Option(..., "-o", "--output", help="The adapter file to write (.safetensors)."),
+    source: Path = typer.Argument(..., help="A run folder, an adapter .safetensors, or an exported folder."),
+    output: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Folder to write (with --format adapter, a .safetensors path writes the file alone).",
+    ),
+    fmt: str = typer.Option("adapter", "--format", "-f", help="adapter (file + model card) or diffusers (pipeline)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16."),
+    model: str | None = typer.Option(
+        None, "--model", help="diffusers: the base to package (default: the one the adapter was trained for)."
+    ),
+    link_base: bool = typer.Option(
+        False, "--link-base", help="diffusers: link the base's component folders instead of copying them."
+    ),
+    inspect: bool = typer.Option(
+        False, "--inspect", help="Print what SOURCE is (base, config, hash status); write nothing."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Export a trained adapter as a standalone, verified .safetensors file."""
+    """Export a trained adapter for other tools: a verified .safetensors with a model card, or a diffusers pipeline."""
+    if inspect:
+        from ..export import inspect_adapter
+
+        info = run(lambda: inspect_adapter(source))
+        if json_out:
+            typer.echo(json.dumps(info, default=str))
+        else:
+            _print_inspection(info)
+        if not info["hash_ok"]:
+            raise typer.Exit(1)
+        return
+    if output is None:
+        fail(UsageError("Missing -o/--output.", "Say where to write the export, e.g. -o my-edit."))
     from ..export import ExportConfig
     from ..export import export as run_export
 
-    result = run(lambda: run_export(ExportConfig(source, output, dtype, overwrite)))
-    emit(result, json_out, f"Wrote {output} ({result['parameters']} parameters, {dtype}, base {result['base']}).")
+    config = ExportConfig(source, output, fmt, dtype, model, link_base, overwrite)
+    result = run(lambda: run_export(config))
+    emit(
+        result,
+        json_out,
+        f"Wrote {output} ({fmt}, {result['parameters']:,} adapter parameters, {dtype}, base {result['base']}).",
+    )
+
+
+def _print_inspection(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_row("file", info["path"])
+    table.add_row("base", f"{info['base']} (fingerprint {info['base_fingerprint']})")
+    table.add_row("parameters", f"{info['parameters']:,}" if "parameters" in info else "?")
+    table.add_row("dtype", ", ".join(info.get("dtype", ["?"])))
+    table.add_row("config", ", ".join(f"{k}={v}" for k, v in info["adapter_config"].items()))
+    training = info.get("training") or {}
+    if training:
+        keys = ("pairs", "steps", "seconds", "final_loss")
+        table.add_row("training", ", ".join(f"{k}={training[k]}" for k in keys if k in training))
+    table.add_row("sha256", "ok" if info["hash_ok"] else f"MISMATCH: {info.get('problem')}")
+    Console(highlight=False).print(table)

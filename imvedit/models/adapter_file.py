@@ -88,11 +88,9 @@ def read_adapter_metadata(path: str | Path) -> dict:
     return out
 
 
-def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVideoEditAdapter, dict]:
-    """Load and verify an adapter. With `fingerprint`, refuse one made for another base."""
+def read_verified_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """An adapter file's tensors and metadata, after checking that the tensors match their recorded hash."""
     meta = read_adapter_metadata(path)
-    if fingerprint is not None:
-        check_base(meta, fingerprint, path)
     try:
         tensors = {}
         with safe_open(str(path), framework="pt") as f:
@@ -107,6 +105,15 @@ def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVi
             f"{path} is corrupted: its weights do not match their recorded hash.",
             "Export the adapter again from its run folder.",
         )
+    return tensors, meta
+
+
+def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVideoEditAdapter, dict]:
+    """Load and verify an adapter. With `fingerprint`, refuse one made for another base."""
+    meta = read_adapter_metadata(path)
+    if fingerprint is not None:
+        check_base(meta, fingerprint, path)
+    tensors, meta = read_verified_tensors(path)
     # Weights stored in fp16/bf16 are loaded into an fp32 adapter; the caller casts it to its compute dtype.
     adapter = ImVideoEditAdapter.from_config(meta["adapter_config"])
     missing, unexpected = adapter.load_state_dict(tensors, strict=False)
@@ -116,6 +123,7 @@ def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVi
             "Export the adapter again with this version of imvedit.",
         )
     adapter.requires_grad_(False)
+    adapter.base_identity = meta["base"]  # the pipeline refuses to pair it with another base
     return adapter, meta
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from safetensors import safe_open
 from torch import nn
 
 from ..errors import UsageError
@@ -238,6 +240,38 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
     def sda_layers(self) -> list[int]:
         return list(range(0, self.config.num_layers, self.config.every_k_blocks))
 
+    # The base an adapter was trained for ({name, fingerprint, transformer_config}), when it was loaded from
+    # an imvedit adapter file; `ImVideoEditPipeline` refuses to pair it with another base.
+    base_identity: dict | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> ImVideoEditAdapter:
+        """diffusers' loader (as `DiffusionPipeline.from_pretrained` calls it for an exported pipeline's
+        `adapter/` folder), then the checks of an imvedit adapter file: the weights must match their
+        recorded hash, and the base they were trained for is kept for the pipeline to check."""
+        from .adapter_file import FORMAT, read_verified_tensors
+
+        adapter = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        weights = _weights_file(pretrained_model_name_or_path, kwargs)
+        if weights is not None:
+            with safe_open(str(weights), framework="pt") as f:
+                is_imvedit_file = (f.metadata() or {}).get("format") == FORMAT
+            if is_imvedit_file:  # a plain `save_pretrained` of an adapter without a base has nothing to check
+                _, meta = read_verified_tensors(weights)
+                adapter.base_identity = meta["base"]
+        return adapter
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' writer; the weights file then gets the metadata of an imvedit adapter file (format,
+        base, payload hash) when the base is known, so loading it anywhere can be checked."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.base_identity is not None and kwargs.get("safe_serialization", True):
+            from .adapter_file import save_adapter
+
+            weights = _weights_file(save_directory, {"variant": kwargs.get("variant")})
+            if weights is not None:
+                save_adapter(self, weights, self.base_identity)
+
     @classmethod
     def for_base(cls, transformer: WanTransformer3DModel, **switches) -> ImVideoEditAdapter:
         c = transformer.config
@@ -248,6 +282,36 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             ffn_dim=c.ffn_dim,
             **switches,
         )
+
+
+def _weights_file(name_or_path, kwargs: dict):
+    """The weights file `ModelMixin.from_pretrained` just read: in a local folder, or in the hub cache."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+
+    filename = SAFETENSORS_WEIGHTS_NAME
+    if kwargs.get("variant"):
+        filename = filename.replace(".safetensors", f".{kwargs['variant']}.safetensors")
+    subfolder = kwargs.get("subfolder") or ""
+    local = Path(name_or_path) / subfolder / filename
+    if local.is_file():
+        return local
+    if Path(name_or_path).exists():
+        return None  # a folder without a safetensors file: diffusers already said what it loaded instead
+    from huggingface_hub import hf_hub_download
+
+    try:  # already downloaded by the call above, so the cache answers
+        return Path(
+            hf_hub_download(
+                str(name_or_path),
+                filename,
+                subfolder=subfolder or None,
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                local_files_only=True,
+            )
+        )
+    except Exception:  # noqa: BLE001 - no cached file to check is not an error of the weights
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------

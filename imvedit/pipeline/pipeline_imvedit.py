@@ -127,6 +127,12 @@ class ImVideoEditPipeline(DiffusionPipeline):
         adapter: ImVideoEditAdapter | None = None,
     ):
         super().__init__()
+        identity = getattr(adapter, "base_identity", None)
+        if identity is not None and transformer is not None:
+            from ..models.adapter_file import check_base
+            from ..models.bases import config_fingerprint
+
+            check_base({"base": identity}, config_fingerprint(transformer.config), "The adapter")
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
