@@ -37,6 +37,7 @@ from .models.adapter_file import (
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMATS = ("adapter", "diffusers")
 ADAPTER_FILE = "adapter.safetensors"
+EMA_FILE = "adapter_ema.safetensors"  # beside adapter.safetensors in a run trained with --ema-decay
 # The file `DiffusionPipeline.from_pretrained(..., custom_pipeline="pipeline")` reads: no model code, only
 # the installed imvedit's pipeline, so the folder never carries code of its own.
 PIPELINE_SHIM = (
@@ -53,6 +54,7 @@ class ExportConfig:
     dtype: str = "fp32"  # the adapter's weights as written: fp32, fp16 or bf16 (diffusers: the base's too)
     model: str | None = None  # diffusers: the base to package (default: the one the adapter was trained for)
     link_base: bool = False  # diffusers: symlink the base's component folders instead of copying them
+    ema: bool = False  # export the run's EMA weights (adapter_ema.safetensors, from `train --ema-decay`)
     overwrite: bool = False  # replace an existing output
 
     def validate(self) -> None:
@@ -64,7 +66,12 @@ class ExportConfig:
             raise UsageError("--link-base only applies to --format diffusers.")
         if self.model is not None and self.format != "diffusers":
             raise UsageError("--model only applies to --format diffusers (an adapter file names its base).")
-        source = resolve_adapter_path(self.source)
+        source = self.adapter_path
+        if self.ema and not source.is_file():
+            raise UsageError(
+                f"--ema needs a run folder holding {EMA_FILE}; {self.source} has none.",
+                "Train with --ema-decay (e.g. 0.999), or export without --ema.",
+            )
         if self.writes_single_file:
             check_output_path(self.output, [source], self.overwrite)
         else:
@@ -76,14 +83,17 @@ class ExportConfig:
             check_output_dir(self.output, [source], self.overwrite)
 
     @property
+    def adapter_path(self) -> Path:
+        return Path(self.source) / EMA_FILE if self.ema else resolve_adapter_path(self.source)
+
+    @property
     def writes_single_file(self) -> bool:
         return self.format == "adapter" and Path(self.output).suffix == ".safetensors"
 
 
 def export(config: ExportConfig) -> dict:
     config.validate()
-    source = resolve_adapter_path(config.source)
-    adapter, meta = load_adapter(source)  # verifies format and payload hash before anything is written
+    adapter, meta = load_adapter(config.adapter_path)  # verifies format and payload hash before anything is written
     dtype = DTYPES[config.dtype]
     out = Path(config.output)
     result = {

@@ -116,3 +116,41 @@ def test_validation_pictures_and_model_card(pairs, tmp_path):
         assert np.asarray(im).std() > 10  # pictures, not a blank sheet
     card = (run / "README.md").read_text()
     assert "tiny-random" in card and "| steps | 12 " in card
+
+
+def test_ema_weights_are_written_resumed_and_exported(pairs, straight, tmp_path):
+    """--ema-decay writes the averaged adapter beside the trained one; a run resumed from a checkpoint
+    ends with the same average (the EMA state is in the checkpoint); export --ema picks it."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    r = subprocess.run(
+        train_cmd(pairs, whole, "--ema-decay", "0.9", "--save-every", "6"), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    # the EMA does not change the training itself
+    assert same_adapter(whole, straight) < 1e-6
+    ema = load_file(str(whole / "adapter_ema.safetensors"))
+    last = load_file(str(whole / "adapter.safetensors"))
+    assert max((ema[k] - last[k]).abs().max().item() for k in ema) > 1e-4  # an average, not the last weights
+    # resume from step 6 in a fresh folder: same average at step 12
+    (part / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(sorted((whole / "checkpoints").iterdir())[0], part / "checkpoints" / "checkpoint-00000006")
+    r = subprocess.run(train_cmd(pairs, part, "--ema-decay", "0.9", "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    resumed = load_file(str(part / "adapter_ema.safetensors"))
+    assert max((ema[k] - resumed[k]).abs().max().item() for k in ema) < 1e-5
+    r = subprocess.run(
+        [sys.executable, "-m", "imvedit", "export", str(whole), "--ema", "-o", str(tmp_path / "e.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    exported = load_file(str(tmp_path / "e.safetensors"))
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    r = subprocess.run(
+        [sys.executable, "-m", "imvedit", "export", str(straight), "--ema", "-o", str(tmp_path / "f.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--ema-decay" in r.stderr and not (tmp_path / "f.safetensors").exists()

@@ -25,6 +25,7 @@ def export(
     link_base: bool = typer.Option(
         False, "--link-base", help="diffusers: link the base's component folders instead of copying them."
     ),
+    ema: bool = typer.Option(False, "--ema", help="Export the run's EMA weights (trained with --ema-decay)."),
     inspect: bool = typer.Option(
         False, "--inspect", help="Print what SOURCE is (base, config, hash status); write nothing."
     ),
@@ -48,7 +49,7 @@ def export(
     from ..export import ExportConfig
     from ..export import export as run_export
 
-    config = ExportConfig(source, output, fmt, dtype, model, link_base, overwrite)
+    config = ExportConfig(source, output, fmt, dtype, model, link_base, ema, overwrite)
     result = run(lambda: run_export(config))
     emit(
         result,

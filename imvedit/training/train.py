@@ -8,6 +8,7 @@ at the end write the adapter file, the resolved config and a summary into the ru
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from diffusers.training_utils import EMAModel
 
 from .. import __version__
 from ..data.cache import CachedPairs, cache_matches, read_cache_meta
@@ -66,6 +68,9 @@ class TrainConfig:
     resume: str | None = None  # "latest" (the run folder's newest checkpoint) or a checkpoint folder
     validate_every: int | None = None  # every N steps, edit a few fixed pairs and save a picture of it
     validation_pairs: int = 4  # how many pairs (the first ones of the prepared folder)
+    # Also keep an exponential moving average of the adapter weights with this decay (e.g. 0.999; diffusers'
+    # EMAModel, which ramps the decay up over the first steps), written as adapter_ema.safetensors.
+    ema_decay: float | None = None
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
@@ -93,6 +98,8 @@ class TrainConfig:
             raise UsageError("warmup_steps must be ≥ 0, and save_every and keep_checkpoints ≥ 1.")
         if (self.validate_every is not None and self.validate_every < 1) or self.validation_pairs < 1:
             raise UsageError("validate_every and validation_pairs must be at least 1.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise UsageError(f"--ema-decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}.")
         if self.cache not in ("auto", "no"):
             raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -194,6 +201,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     steps_per_epoch = len(sampler)
     total = config.max_steps or steps_per_epoch * config.epochs
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    # after prepare: the averaged copy lives on the adapter's device
+    ema = EMAModel(adapter.parameters(), decay=config.ema_decay) if config.ema_decay else None
 
     if cached:
         empty_text, empty_gate = items.empty_text.to(device), items.empty_pooled.to(device)
@@ -208,7 +217,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     step, epoch0, batch0, losses = 0, 0, 0, []
     checkpoint = resolve_checkpoint(run_dir, config.resume) if config.resume else None
     if checkpoint is not None:
-        step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapter, optimizer, schedule, generator)
+        step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapter, optimizer, schedule, generator, ema)
     elif main:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # validate() allowed it (--overwrite)
@@ -219,7 +228,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     def save_checkpoint(epoch: int, batch: int) -> None:
         nonlocal saved_any
         if main:
-            _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config)
+            _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, ema, config)
         saved_any = True
 
     # 3. The loop. Ctrl-C / SIGTERM only raise a flag; the step in flight finishes, a checkpoint is written
@@ -274,6 +283,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     accelerator.backward(loss)
                     optimizer.step()
                     schedule.step()
+                    if ema is not None:
+                        ema.step(adapter.parameters())
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     losses.append(loss.item())
@@ -326,6 +337,12 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         return summary
     with atomic_path(run_dir / "adapter.safetensors") as tmp:
         save_adapter(adapter, tmp, base.identity, training={**summary, "config": config.to_dict()})
+    if ema is not None:
+        averaged = copy.deepcopy(adapter)
+        ema.copy_to(averaged.parameters())
+        with atomic_path(run_dir / "adapter_ema.safetensors") as tmp:
+            training = {**summary, "ema_decay": config.ema_decay, "config": config.to_dict()}
+            save_adapter(averaged, tmp, base.identity, training=training)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     with atomic_path(run_dir / "summary.json") as tmp:
@@ -417,7 +434,7 @@ def resolve_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
     return found[-1].parent if found else None
 
 
-def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, config) -> None:
+def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, ema, config) -> None:
     """Adapter weights, optimiser and schedule state, the RNG and the data position, atomically."""
     from safetensors.torch import save_file
 
@@ -430,7 +447,7 @@ def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, sc
         )
         torch.save(
             {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(),
-             "torch": torch.get_rng_state()},
+             "torch": torch.get_rng_state(), **({"ema": ema.state_dict()} if ema is not None else {})},
             tmp / "training_state.pt",
         )  # fmt: skip
         state = {"step": step, "epoch": epoch, "batch": batch, "losses": losses}
@@ -439,7 +456,7 @@ def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, sc
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(path: Path, adapter, optimizer, schedule, generator) -> tuple[int, int, int, list[float]]:
+def _load_checkpoint(path: Path, adapter, optimizer, schedule, generator, ema) -> tuple[int, int, int, list[float]]:
     from safetensors.torch import load_file
 
     adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))
@@ -449,6 +466,12 @@ def _load_checkpoint(path: Path, adapter, optimizer, schedule, generator) -> tup
     schedule.load_state_dict(training["schedule"])
     generator.set_state(training["generator"])
     torch.set_rng_state(training["torch"])
+    if ema is not None:
+        if "ema" not in training:
+            raise UsageError(
+                f"Checkpoint {path} holds no EMA weights.", "Resume without --ema-decay, or start a new run."
+            )
+        ema.load_state_dict(training["ema"])
     state = json.loads((path / "state.json").read_text())
     return state["step"], state["epoch"], state["batch"], list(state["losses"])
 
