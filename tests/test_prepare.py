@@ -136,3 +136,64 @@ def test_an_interrupted_prepare_continues_and_equals_an_uninterrupted_run(tmp_pa
     assert sorted(p.name for p in (a / "images").iterdir()) == names
     assert all((a / "images" / n).read_bytes() == (b / "images" / n).read_bytes() for n in names)
     assert not (a / ".resume.json").exists() and not (a / ".seen").exists()
+
+
+class _Hub:
+    """Stands in for the hub (which the tests cannot reach): records how `datasets.load_dataset` was
+    called and answers with a dataset built here, as the hub would after download."""
+
+    def __init__(self, monkeypatch, dataset):
+        self.calls = []
+        self.dataset = dataset
+        monkeypatch.setattr(datasets, "load_dataset", self)
+
+    def __call__(self, path, **kwargs):
+        self.calls.append((path, kwargs))
+        return self.dataset.to_iterable_dataset() if kwargs.get("streaming") else self.dataset
+
+
+def test_hub_dataset_with_split_and_revision(tmp_path, monkeypatch):
+    hub = _Hub(monkeypatch, _dataset("magicbrush", n=5))
+    out = tmp_path / "p"
+    r = runner.invoke(
+        app, ["prepare", "osunlp/MagicBrush", "-o", str(out), "--split", "dev", "--revision", "abc123", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert hub.calls == [("osunlp/MagicBrush", {"split": "dev", "revision": "abc123", "streaming": False})]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["kept"] == 5 and summary["preset"] == "magicbrush" and summary["source"] == "osunlp/MagicBrush"
+    assert summary["options"]["revision"] == "abc123"
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 5
+
+
+def test_hub_dataset_streamed_reads_only_what_limit_needs(tmp_path, monkeypatch):
+    hub = _Hub(monkeypatch, _dataset("instructpix2pix", n=6))
+    out = tmp_path / "p"
+    r = runner.invoke(
+        app, ["prepare", "timbrooks/ip2p", "-o", str(out), "--streaming", "--limit", "2", "--seed", "3", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert hub.calls[0][1]["streaming"] is True
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["caption"].startswith("result") for r in rows)
+    again = tmp_path / "q"  # the seeded shuffle buffer is reproducible
+    assert (
+        runner.invoke(
+            app, ["prepare", "timbrooks/ip2p", "-o", str(again), "--streaming", "--limit", "2", "--seed", "3"]
+        ).exit_code
+        == 0
+    )
+    assert [r["instruction"] for r in rows] == [
+        json.loads(x)["instruction"] for x in (again / "manifest.jsonl").read_text().splitlines()
+    ]
+
+
+def test_hub_dataset_unreachable_offline_is_one_line_and_writes_nothing(tmp_path):
+    # the real datasets library, with HF_HUB_OFFLINE=1 (conftest) and nothing cached
+    out = tmp_path / "p"
+    r = runner.invoke(app, ["prepare", "someone/not-cached-here", "-o", str(out)])
+    assert r.exit_code == 1
+    assert "Could not load hub dataset 'someone/not-cached-here'" in r.output and "HF_HUB_OFFLINE" in r.output
+    assert not out.exists() and not (tmp_path / ".p.partial").exists()
+    r = runner.invoke(app, ["prepare", str(tmp_path / "missing"), "-o", str(out), "--streaming"])
+    assert r.exit_code == 2 and "does not exist" in r.output

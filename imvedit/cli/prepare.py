@@ -9,7 +9,8 @@ from ._common import emit, fail, progress_bar, run
 
 def prepare(
     source: str = typer.Argument(
-        ..., help="A folder of pairs with manifest.csv/.jsonl, a saved Hugging Face dataset, or parquet/arrow file(s)."
+        ...,
+        help="A folder of pairs with manifest.csv/.jsonl, a saved Hugging Face dataset, parquet/arrow file(s), a hub dataset id, or 'toy'.",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="The prepared folder to write."),
     limit: int | None = typer.Option(None, "--limit", help="Keep at most N pairs."),
@@ -26,6 +27,11 @@ def prepare(
     caption_col: str | None = typer.Option(None, "--caption-col", help="Column of the edited image's description."),
     cache: bool = typer.Option(False, "--cache", help="Also cache VAE latents and text embeddings (needs --model)."),
     model: str | None = typer.Option(None, "--model", help="The base whose VAE and text encoder --cache uses."),
+    split: str = typer.Option("train", "--split", help="Hub datasets: the split to read."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub datasets: a branch, tag or commit to pin."),
+    streaming: bool = typer.Option(
+        False, "--streaming", help="Hub datasets: read rows as they download (with --limit, only what is needed)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -57,6 +63,9 @@ def prepare(
         columns=columns,
         preset=preset,
         cache_model=model if cache else None,
+        split=split,
+        revision=revision,
+        streaming=streaming,
     )
     with progress_bar("prepare", not json_out) as bar:
         summary = run(lambda: run_prepare(config, progress=bar))

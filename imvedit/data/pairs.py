@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import shutil
 from collections import Counter
@@ -29,7 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
-from ..errors import UsageError
+from ..errors import ImveditError, UsageError
 
 FORMAT_VERSION = 1
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "metadata.jsonl", "metadata.csv")
@@ -62,7 +63,9 @@ TOY_SEED_OFFSET = 0  # training pairs use seeds [offset + seed * 1_000_003 + i];
 
 @dataclass
 class PrepareConfig:
-    source: str  # a folder with a manifest (csv/jsonl), a saved Hugging Face dataset, or parquet/arrow file(s)
+    # a folder with a manifest (csv/jsonl), a saved Hugging Face dataset, parquet/arrow file(s), a hub
+    # dataset id ("owner/name"), or "toy"
+    source: str
     output: Path  # the prepared folder to write
     limit: int | None = None  # keep at most this many pairs (after a seeded shuffle when seed is set)
     seed: int | None = None  # shuffle the pairs with this seed before applying limit
@@ -73,16 +76,21 @@ class PrepareConfig:
     preset: str | None = None  # a known dataset's column layout (PRESETS); detected when not given
     toy_size: int = 64  # canvas size of rendered toy pairs
     cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
+    split: str = "train"  # hub datasets: the split to read
+    revision: str | None = None  # hub datasets: a branch, tag or commit (pin it for reproducible data)
+    streaming: bool = False  # hub datasets: read rows as they download instead of fetching the whole set
 
     def validate(self) -> None:
         if self.source == TOY_SOURCE:
             if self.limit is None:
                 raise UsageError("The toy source is endless.", "Say how many pairs to render with --limit N.")
-        elif not Path(self.source).exists():
+        elif not Path(self.source).exists() and not is_hub_id(self.source):
             raise UsageError(
                 f"Dataset {self.source} does not exist.",
-                "Give a folder with a manifest, a saved dataset or parquet files.",
+                "Give a folder with a manifest, a saved dataset, parquet files, or a hub id such as osunlp/MagicBrush.",
             )
+        if (self.streaming or self.revision) and not is_hub_id(self.source):
+            raise UsageError("--streaming and --revision apply to hub datasets only.", "Drop them for local data.")
         if self.preset is not None and self.preset not in PRESETS:
             raise UsageError(f"Unknown preset {self.preset!r}.", f"Use one of {', '.join(PRESETS)}, or give --*-col.")
         if self.limit is not None and self.limit < 1:
@@ -183,6 +191,8 @@ def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
             config.limit,
             {"source": "toy", "target": "toy", "instruction": "toy", "caption": "toy"},
         )
+    if is_hub_id(config.source):
+        return _rows_from_hub(config)
     path = Path(config.source)
     rows, root = _rows_from_folder(path) if path.is_dir() else (None, path.parent)
     if rows is not None:
@@ -199,18 +209,54 @@ def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
     if config.seed is not None:
         random.Random(config.seed).shuffle(order)
 
-    def gen():
-        for i in order:
-            row = table[i]
-            yield {
-                "index": i,
-                "source": _image_ref(row[mapping["source"]], root),
-                "target": _image_ref(row[mapping["target"]], root),
-                "instruction": row[mapping["instruction"]],
-                "caption": row.get(mapping["caption"]) if "caption" in mapping else None,
-            }
+    return (_mapped(table[i], i, mapping, root) for i in order), len(table), mapping
 
-    return gen(), len(table), mapping
+
+def is_hub_id(source: str) -> bool:
+    """'owner/name' that is not a path on this machine."""
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).exists()
+
+
+def _rows_from_hub(config: PrepareConfig) -> tuple[Iterator[dict], int | None, dict]:
+    """A hub dataset's split, whole or streamed. Images in hub datasets are decoded images (or bytes), so
+    no local root applies; string paths in them are refused by `_image_ref`'s confinement."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(
+            config.source, split=config.split, revision=config.revision, streaming=config.streaming
+        )
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for "could not get it"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = (
+            "The hub is switched off (HF_HUB_OFFLINE=1) and the dataset is not in the local cache: download it first."
+            if offline
+            else "Check the id, --split and --revision, and your network or hub login."
+        )
+        raise ImveditError(f"Could not load hub dataset {config.source!r} ({first}).", hint) from e
+    if config.streaming:
+        names = list(ds.column_names or next(iter(ds)).keys())
+        mapping = _resolve_columns(names, config.columns, config.preset)
+        if config.seed is not None:  # a shuffle buffer: the best a stream allows, and reproducible
+            ds = ds.shuffle(seed=config.seed, buffer_size=10_000)
+        rows = (_mapped(row, i, mapping, None) for i, row in enumerate(ds))
+        return rows, config.limit, mapping
+    mapping = _resolve_columns(list(ds.column_names), config.columns, config.preset)
+    order = list(range(len(ds)))
+    if config.seed is not None:
+        random.Random(config.seed).shuffle(order)
+    return (_mapped(ds[i], i, mapping, None) for i in order), len(ds), mapping
+
+
+def _mapped(row: dict, index: int, mapping: dict, root: Path | None) -> dict:
+    return {
+        "index": index,
+        "source": _image_ref(row[mapping["source"]], root),
+        "target": _image_ref(row[mapping["target"]], root),
+        "instruction": row[mapping["instruction"]],
+        "caption": row.get(mapping["caption"]) if "caption" in mapping else None,
+    }
 
 
 def _toy_rows(config: PrepareConfig) -> Iterator[dict]:
@@ -231,7 +277,12 @@ def _toy_rows(config: PrepareConfig) -> Iterator[dict]:
         }
 
 
-def _image_ref(value, root: Path):
+def _image_ref(value, root: Path | None):
+    if isinstance(value, str) and root is None:
+        raise UsageError(
+            f"The hub dataset's image column holds a path or URL ({value[:60]!r}), not an image; imvedit does not fetch those.",
+            "Download the files and prepare from a local folder with a manifest.",
+        )
     if isinstance(value, str):
         p = (root / value).resolve()
         if not p.is_relative_to(root.resolve()):
