@@ -231,3 +231,17 @@ def test_model_comes_from_flags_then_environment_then_config_file(tmp_path, monk
     config.write_text("model: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         resolve_model(None, None)
+
+
+def test_hostile_file_names_are_only_names(tmp_path):
+    """Names that start with '-', hold spaces, quotes, a newline or ':' (ffmpeg's protocol separator)
+    reach ffmpeg as file names, never as options or protocols; audio survives the trip."""
+    name = "-y 'a' \"b\" concat:c\nd.mp4"
+    src = tmp_path / name
+    make_clip(tmp_path / "plain.mp4").rename(src)
+    out = tmp_path / ("-out " + name)
+    r = imvedit("edit", *FAST, "-o", f"./{out.name}", "--", f"./{name}", "make it winter", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    frames, info = read_video(out)
+    assert frames.shape[0] == 9 and info.has_audio
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, out.name])

@@ -70,3 +70,12 @@ def test_an_ffmpeg_named_in_the_environment_wins(monkeypatch, tmp_path):
         monkeypatch.delenv("IMVEDIT_FFMPEG")
         io.ffmpeg_exe.cache_clear()
     assert io.ffmpeg_exe() != str(fake)
+
+
+def test_relative_names_that_look_like_options_or_protocols(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_clip(tmp_path / "x.mp4").rename(tmp_path / "concat:-y.mp4")
+    frames, info = read_video("concat:-y.mp4")  # a file, not ffmpeg's concat protocol
+    assert frames.shape == (9, 48, 64, 3) and info.has_audio
+    out = write_video("-o.mp4", frames, info.fps, audio_from="concat:-y.mp4")  # a file, not an option
+    assert out.exists() and read_video(out)[0].shape == frames.shape

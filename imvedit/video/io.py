@@ -95,6 +95,12 @@ def _ffmpeg_text(args: list[str]) -> str:
     return proc.stderr
 
 
+def ff_path(path: str | Path) -> str:
+    """A path as ffmpeg must get it: absolute (a name starting with '-' is never read as an option) and
+    behind the `file:` protocol (a name with ':' is never read as another protocol, e.g. `concat:`)."""
+    return f"file:{Path(path).absolute()}"
+
+
 def probe(path: str | Path) -> VideoInfo:
     """Size, frame rate, audio, pixel format and rotation of a video, from ffmpeg's own description.
 
@@ -102,7 +108,7 @@ def probe(path: str | Path) -> VideoInfo:
     """
     path = Path(path)
     _check_input(path)
-    text = _ffmpeg_text(["-i", str(path)])
+    text = _ffmpeg_text(["-i", ff_path(path)])
     video = re.search(r"Stream #\S+.*?: Video: .*", text)
     if not video:
         raise UsageError(
@@ -137,7 +143,7 @@ def probe(path: str | Path) -> VideoInfo:
 
 def count_frames(path: str | Path) -> int:
     """The exact number of video frames, by reading the packets without decoding them."""
-    text = _ffmpeg_text(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
+    text = _ffmpeg_text(["-i", ff_path(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
     found = re.findall(r"frame=\s*(\d+)", text)
     return int(found[-1]) if found else 0
 
@@ -164,7 +170,7 @@ def iter_frames(
     they are stored (`-fps_mode passthrough`): a variable-frame-rate clip gives every frame once."""
     info = info or probe(path)
     w, h = size or (info.width, info.height)
-    stream = ffmpeg.input(str(path), **_trim_args(start, end)).video
+    stream = ffmpeg.input(ff_path(path), **_trim_args(start, end)).video
     if size is not None and (w, h) != (info.width, info.height):
         stream = stream.filter("scale", w, h, flags="bicubic")
     out_args = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
@@ -242,7 +248,7 @@ class VideoWriter:
             out_args["crf"] = self.crf
         self._proc = (
             ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=rate)
-            .output(str(target), r=rate, **out_args)
+            .output(ff_path(target), r=rate, **out_args)
             .overwrite_output()
             .run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True, quiet=False)
         )
@@ -273,12 +279,12 @@ class VideoWriter:
         # The audio is cut to the video's own length (`-shortest` drops video frames when stream-copying).
         length = float(self.frames / self.fps)
         end = min(end, (start or 0) + length) if end is not None else (start or 0) + length
-        video = ffmpeg.input(str(self._video_tmp))
-        audio = ffmpeg.input(str(src), **_trim_args(start, end)).audio
+        video = ffmpeg.input(ff_path(self._video_tmp))
+        audio = ffmpeg.input(ff_path(src), **_trim_args(start, end)).audio
         for acodec in ("copy", "aac"):  # copy when the container takes the codec, else re-encode
             try:
                 (
-                    ffmpeg.output(video.video, audio, str(self._tmp), vcodec="copy", acodec=acodec)
+                    ffmpeg.output(video.video, audio, ff_path(self._tmp), vcodec="copy", acodec=acodec)
                     .overwrite_output()
                     .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
                 )
