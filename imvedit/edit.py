@@ -70,6 +70,12 @@ class EditConfig:
     def validate(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise UsageError("The prompt is empty.", 'Say what the edit should do, e.g. "make it winter".')
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
+            raise UsageError(
+                "The prompt is not valid UTF-8 text.", "Pass the prompt in UTF-8 (check your terminal's locale)."
+            ) from e
         if len(self.prompt) > 10_000:
             raise UsageError(f"The prompt is {len(self.prompt)} characters long.", "Keep it under 10,000 characters.")
         if self.steps is not None and self.steps < 1:

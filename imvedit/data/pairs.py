@@ -413,6 +413,7 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
             summary["cache"] = build_cache(tmp, base, progress=progress)
         (tmp / "prepare.json").write_text(json.dumps(summary, indent=2, default=str))
     except UsageError:
+        shutil.rmtree(tmp, ignore_errors=True)  # bad data: a rerun would stop at the same place
         raise
     except BaseException:
         # Interrupted or crashed: keep the partial folder and its last checkpoint (taken between rows, so
