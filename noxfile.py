@@ -20,3 +20,11 @@ def tests(session):
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def soak(session):
+    """A batch of 200 clips with corrupt inputs, killed twice and resumed (tests/soak; several minutes)."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "tests/soak", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
