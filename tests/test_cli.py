@@ -89,7 +89,7 @@ def test_end_to_end_prepare_train_edit_export(tmp_path, pairs_folder, clip):
     r = imvedit("eval", "--pred", tmp_path / "out.mp4", "--source", clip, "--json")
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
-    assert metrics["frames"] == 9 and metrics["flicker"] >= 0
+    assert metrics["clips"] == 1 and metrics["per_clip"][0]["frames"] == 9 and metrics["overall"]["flicker"] >= 0
 
 
 def test_edit_an_image_gives_an_image(tmp_path):

@@ -9,8 +9,20 @@ from ._common import emit, fail, progress_bar, run
 
 
 def eval_(
-    pred: Path | None = typer.Option(None, "--pred", help="The edited video or image (with --source)."),
-    source: Path | None = typer.Option(None, "--source", help="The video or image it was made from."),
+    pred: Path | None = typer.Option(
+        None, "--pred", help="The edited video or image, or a folder of them (with --source)."
+    ),
+    source: Path | None = typer.Option(
+        None, "--source", help="The video or image it was made from, or a folder with the same file names."
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="YAML/JSON mapping of file name to prompt, for CLIP text alignment."
+    ),
+    clip: str | None = typer.Option(
+        None, "--clip", help="CLIP weights (folder or hub id, e.g. openai/clip-vit-large-patch14) for CLIP-T/CLIP-F."
+    ),
+    dino: str | None = typer.Option(None, "--dino", help="DINOv2 weights (e.g. facebook/dinov2-base) for DINO-F."),
+    frames_per_clip: int = typer.Option(64, "--frames-per-clip", help="Frames per clip scored (sampled uniformly)."),
     bench: str | None = typer.Option(
         None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
     ),
@@ -30,7 +42,9 @@ def eval_(
         "--prompt",
         help="--bench: feed the cross-attention the 'description' of the result or the 'instruction'.",
     ),
-    report: Path | None = typer.Option(None, "--report", help="--bench: folder for contact sheets and metrics.json."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Folder for metrics.json (and, with --bench, contact sheets)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Score edits: an output against its source (--pred/--source), or a benchmark (--bench toy)."""
@@ -45,16 +59,24 @@ def eval_(
             result = run(lambda: run_toy_bench(cfg, progress=bar))
         emit(result, json_out, _bench_table(result))
         return
-    from ..evaluation.evaluate import EvalConfig, evaluate_pair
+    from ..evaluation.evaluate import EvalConfig, evaluate
 
     if pred is None or source is None:
-        run(
-            lambda: (_ for _ in ()).throw(
-                UsageError("Give --pred and --source, or --bench toy.", "See `imvedit eval --help`.")
-            )
-        )
-    metrics = run(lambda: evaluate_pair(EvalConfig(pred, source)))
-    emit(metrics, json_out, "\n".join(f"{k:28s} {v}" for k, v in metrics.items()))
+        fail(UsageError("Give --pred and --source, or --bench toy.", "See `imvedit eval --help`."))
+    cfg = EvalConfig(pred, source, prompts, clip, dino, frames_per_clip, report)
+    with progress_bar("eval", not json_out) as bar:
+        result = run(lambda: evaluate(cfg, progress=bar))
+    emit(result, json_out, _eval_table(result))
+
+
+def _eval_table(result: dict) -> str:
+    lines = [f"{k:26s} {_fmt(v)}" for k, v in result["overall"].items()]
+    lines += [f"{k:26s} skipped: {why}" for k, why in result["skipped"].items()]
+    return "\n".join(lines) + f"\n({result['clips']} clip(s); means over clips)"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else format(v, ".4f")
 
 
 def _bench_table(result: dict) -> str:
