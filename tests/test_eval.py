@@ -119,3 +119,70 @@ def test_folders_of_edits_from_any_tool_are_scored(tmp_path, metric_models):
     (tmp_path / "pred" / "extra.mp4").write_bytes((tmp_path / "pred" / "c0.mp4").read_bytes())
     r = runner.invoke(app, ["eval", "--pred", str(tmp_path / "pred"), "--source", str(tmp_path / "src")])
     assert r.exit_code == 2 and "no source of the same name" in r.stderr
+
+
+def test_manifest_edits_scores_reports_and_two_adapters_compare(tmp_path):
+    from conftest import randomize_adapter
+
+    from imvedit.models.adapter_file import save_adapter
+    from imvedit.models.bases import build_tiny_random
+    from imvedit.models.imvedit import ImVideoEditAdapter
+
+    base = build_tiny_random()
+    adapters = []
+    for seed in (1, 2):  # two different adapters of the same base
+        a = randomize_adapter(ImVideoEditAdapter.for_base(base.transformer, rank=2), seed=seed)
+        adapters.append(save_adapter(a, tmp_path / f"a{seed}.safetensors", base.identity))
+    for i in range(2):
+        write_video(tmp_path / f"s{i}.mp4", clip_of(20 + i, frames=5), 8)
+    mask = np.zeros((5, 32, 32, 3), np.uint8)
+    mask[:, 8:24, 8:24] = 255
+    write_video(tmp_path / "m0.mp4", mask, 8)
+    manifest = tmp_path / "bench.yaml"
+    manifest.write_text(
+        "- {source: s0.mp4, instruction: make it red, mask: m0.mp4}\n- {source: s1.mp4, instruction: make it winter, caption: a winter scene}\n"
+    )
+
+    def args(report, adapter):
+        return ["eval", "--manifest", str(manifest), "--report", str(report), "--model", "tiny-random",
+                "--adapter", str(adapter), "--steps", "2", "--json"]  # fmt: skip
+
+    reports = []
+    for i, adapter in enumerate(adapters):
+        report = tmp_path / f"run{i}"
+        r = runner.invoke(app, args(report, adapter))
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["clips"] == 2 and out["failed"] == 0 and "preserve_psnr" in out["per_clip"][0]
+        assert "preserve_psnr" not in out["per_clip"][1] and out["per_clip"][1]["prompt"] == "a winter scene"
+        page = (report / "index.html").read_text()
+        assert page.count("<video") == 4 and page.count("strips/clip-") == 2
+        assert (
+            len(list((report / "strips").glob("*.png"))) == 2 and len(list((report / "edits").glob("*.gate.mp4"))) == 2
+        )
+        reports.append(report)
+    stamps = {p: p.stat().st_mtime_ns for p in (reports[0] / "edits").iterdir()}
+    assert runner.invoke(app, args(reports[0], adapters[0])).exit_code == 0  # resumable: nothing redone
+    assert {p: p.stat().st_mtime_ns for p in (reports[0] / "edits").iterdir()} == stamps
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--compare",
+            str(reports[0]),
+            "--compare",
+            str(reports[1]),
+            "--report",
+            str(tmp_path / "cmp"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    a, b = (out["table"]["psnr_vs_source"][str(x)] for x in reports)
+    assert a != b  # two adapters, two different edits
+    from PIL import Image
+
+    with Image.open(tmp_path / "cmp" / "compare.png") as im:
+        assert im.width > 200 and np.asarray(im).std() > 5
+    assert "| psnr_vs_source |" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -23,11 +23,25 @@ def eval_(
     ),
     dino: str | None = typer.Option(None, "--dino", help="DINOv2 weights (e.g. facebook/dinov2-base) for DINO-F."),
     frames_per_clip: int = typer.Option(64, "--frames-per-clip", help="Frames per clip scored (sampled uniformly)."),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        help="YAML/JSONL rows {source, instruction, caption?, mask?, output?}: edit what is missing, score all (needs --report).",
+    ),
+    compare: list[Path] | None = typer.Option(
+        None,
+        "--compare",
+        help="Report folders of earlier evals to compare (repeat it); writes a table and a plot into --report.",
+    ),
     bench: str | None = typer.Option(
         None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
     ),
-    model: str | None = typer.Option(None, "--model", help="Base for --bench (default: the bundled shapes-wan)."),
-    adapter: str | None = typer.Option(None, "--adapter", help="Adapter for --bench (default: the bundled one)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Base for --bench/--manifest edits (default: the bundled shapes-wan)."
+    ),
+    adapter: str | None = typer.Option(
+        None, "--adapter", help="Adapter for --bench/--manifest edits (default: the bundled one)."
+    ),
     clips: int = typer.Option(16, "--clips", help="--bench: clips to edit."),
     seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
     frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),
@@ -35,7 +49,11 @@ def eval_(
     edits: str | None = typer.Option(
         None, "--edits", help="--bench: comma-separated edit kinds (recolor,replace,remove,add,background,global)."
     ),
-    steps: int = typer.Option(20, "--steps", help="--bench: denoising steps."),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        help="--bench/--manifest: denoising steps. [default: 20 for --bench, the base's for --manifest]",
+    ),
     guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
     prompt: str = typer.Option(
         "description",
@@ -54,10 +72,30 @@ def eval_(
         if bench != "toy":
             fail(UsageError(f"Unknown bench {bench!r}.", "Use --bench toy."))
         kinds = tuple(k.strip() for k in edits.split(",") if k.strip()) if edits else ()
-        cfg = ToyBenchConfig(model, adapter, clips, seed, frames, size, kinds, steps, guidance, prompt, report)
+        cfg = ToyBenchConfig(model, adapter, clips, seed, frames, size, kinds, steps or 20, guidance, prompt, report)
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))
         emit(result, json_out, _bench_table(result))
+        return
+    if compare:
+        from ..evaluation.report import compare_runs
+
+        if report is None:
+            fail(UsageError("--compare needs --report DIR for the table and the plot.", "Add --report compare/."))
+        result = run(lambda: compare_runs(list(compare), report))
+        emit(result, json_out, open(result["markdown"]).read() + f"plot: {result['plot']}")  # noqa: SIM115
+        return
+    if manifest is not None:
+        from ..evaluation.manifest import ManifestEvalConfig, run_manifest
+
+        if report is None:
+            fail(UsageError("--manifest needs --report DIR (edits, metrics.json, index.html).", "Add --report eval/."))
+        mcfg = ManifestEvalConfig(manifest, report, model, adapter, steps, clip, dino, frames_per_clip)
+        with progress_bar("eval", not json_out) as bar:
+            result = run(lambda: run_manifest(mcfg, progress=bar))
+        emit(result, json_out, _eval_table(result) + f"\nreport: {report / 'index.html'}")
+        if result["failed"]:
+            raise typer.Exit(1)
         return
     from ..evaluation.evaluate import EvalConfig, evaluate
 
