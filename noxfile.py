@@ -28,3 +28,11 @@ def soak(session):
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", "tests/soak", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def report_screenshot(session):
+    """Render an eval report in headless Chromium (apt install chromium) and check the screenshot."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "tests/visual", *session.posargs, env={"HF_HUB_OFFLINE": "1"})

@@ -61,7 +61,7 @@ def clip_of(seed, frames=6, size=32):
 
 def test_every_learned_metric_is_computed_with_tiny_models(metric_models):
     m = MetricModels.load(str(metric_models / "clip"), str(metric_models / "dino"))
-    assert m.skipped == {} and set(m.names) == {"clip", "dino"}
+    assert set(m.skipped) == {"judge"} and set(m.names) == {"clip", "dino"}
     video = clip_of(0)
     scores = m.score(video, video, "make it red")
     assert set(scores) == {"clip_t", "clip_f", "dino_f", "warp_error", "warp_error_raw"}
@@ -186,3 +186,70 @@ def test_manifest_edits_scores_reports_and_two_adapters_compare(tmp_path):
     with Image.open(tmp_path / "cmp" / "compare.png") as im:
         assert im.width > 200 and np.asarray(im).std() > 5
     assert "| psnr_vs_source |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+class _JudgeServer:
+    """A local OpenAI-compatible endpoint answering with a fixed reply; it records what it was sent."""
+
+    def __init__(self, reply_text):
+        import http.server
+        import threading
+
+        seen = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply_text}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_vlm_judge_through_an_openai_compatible_endpoint(tmp_path):
+    src = write_video(tmp_path / "s.mp4", clip_of(4), 8)
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text("s.mp4: make the circle red\n")
+    server = _JudgeServer(
+        'Scores: {"instruction_adherence": 7, "temporal_consistency": 9, "visual_fidelity": 8, "aesthetics": 6}'
+    )
+    try:
+        r = runner.invoke(app, ["eval", "--pred", str(src), "--source", str(src), "--prompts", str(prompts), "--judge-url", server.url,
+                                "--judge-model", "qwen2.5-vl-7b", "--json"])  # fmt: skip
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    row = out["per_clip"][0]
+    assert row["judge_instruction_adherence"] == 7 and row["judge_aesthetics"] == 6
+    assert out["metric_models"]["judge"] == {
+        "url": server.url,
+        "model": "qwen2.5-vl-7b",
+        "prompt_version": "1",
+        "frames": 4,
+    }
+    path, body = server.requests[0]
+    assert path == "/v1/chat/completions" and body["model"] == "qwen2.5-vl-7b"
+    images = [c for c in body["messages"][0]["content"] if c["type"] == "image_url"]
+    assert len(images) == 8 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")  # 4 + 4 frames
+    assert "make the circle red" in body["messages"][0]["content"][0]["text"]
+    bad = _JudgeServer("I cannot judge this.")
+    try:
+        r = runner.invoke(app, ["eval", "--pred", str(src), "--source", str(src), "--prompts", str(prompts), "--judge-url", bad.url,
+                                "--judge-model", "m", "--json"])  # fmt: skip
+    finally:
+        bad.close()
+    row = json.loads(r.stdout.strip().splitlines()[-1])["per_clip"][0]
+    assert r.exit_code == 0 and "no JSON object" in row["judge_error"] and "judge_aesthetics" not in row

@@ -22,6 +22,10 @@ def eval_(
         None, "--clip", help="CLIP weights (folder or hub id, e.g. openai/clip-vit-large-patch14) for CLIP-T/CLIP-F."
     ),
     dino: str | None = typer.Option(None, "--dino", help="DINOv2 weights (e.g. facebook/dinov2-base) for DINO-F."),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="An OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) for VLM-judge scores."
+    ),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="The model the judge endpoint serves."),
     frames_per_clip: int = typer.Option(64, "--frames-per-clip", help="Frames per clip scored (sampled uniformly)."),
     manifest: Path | None = typer.Option(
         None,
@@ -77,6 +81,13 @@ def eval_(
             result = run(lambda: run_toy_bench(cfg, progress=bar))
         emit(result, json_out, _bench_table(result))
         return
+    judge = None
+    if judge_url or judge_model:
+        if not (judge_url and judge_model):
+            fail(UsageError("--judge-url and --judge-model go together.", "Give both, or neither."))
+        from ..evaluation.judge import Judge
+
+        judge = Judge(judge_url, judge_model)
     if compare:
         from ..evaluation.report import compare_runs
 
@@ -90,7 +101,7 @@ def eval_(
 
         if report is None:
             fail(UsageError("--manifest needs --report DIR (edits, metrics.json, index.html).", "Add --report eval/."))
-        mcfg = ManifestEvalConfig(manifest, report, model, adapter, steps, clip, dino, frames_per_clip)
+        mcfg = ManifestEvalConfig(manifest, report, model, adapter, steps, clip, dino, frames_per_clip, judge)
         with progress_bar("eval", not json_out) as bar:
             result = run(lambda: run_manifest(mcfg, progress=bar))
         emit(result, json_out, _eval_table(result) + f"\nreport: {report / 'index.html'}")
@@ -101,7 +112,7 @@ def eval_(
 
     if pred is None or source is None:
         fail(UsageError("Give --pred and --source, or --bench toy.", "See `imvedit eval --help`."))
-    cfg = EvalConfig(pred, source, prompts, clip, dino, frames_per_clip, report)
+    cfg = EvalConfig(pred, source, prompts, clip, dino, judge, frames_per_clip, report)
     with progress_bar("eval", not json_out) as bar:
         result = run(lambda: evaluate(cfg, progress=bar))
     emit(result, json_out, _eval_table(result))

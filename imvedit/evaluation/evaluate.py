@@ -34,6 +34,7 @@ class EvalConfig:
     prompts: Path | None = None  # YAML/JSON mapping {file name: prompt} for CLIP-T (folders or one pair)
     clip: str | None = None  # CLIP weights (folder or hub id) for CLIP-T/CLIP-F; None skips them
     dino: str | None = None  # DINOv2 weights for DINO-F; None skips it
+    judge: object | None = None  # a judge.Judge for VLM scores; None skips them
     max_frames: int = 64  # frames per clip read for the metrics (uniformly sampled beyond this)
     report: Path | None = None  # a folder to write metrics.json into
 
@@ -90,7 +91,14 @@ def pairs_of(config: EvalConfig) -> list[tuple[Path, Path]]:
     return [(p, source / p.name) for p in preds]
 
 
-def score_pair(pred_path: Path, source_path: Path, prompt: str | None, models: MetricModels, max_frames: int) -> dict:
+def score_pair(
+    pred_path: Path,
+    source_path: Path,
+    prompt: str | None,
+    models: MetricModels,
+    max_frames: int,
+    instruction: str | None = None,
+) -> dict:
     pred, source = _read(pred_path, max_frames), _read(source_path, max_frames)
     if pred.shape != source.shape:
         raise UsageError(
@@ -107,7 +115,7 @@ def score_pair(pred_path: Path, source_path: Path, prompt: str | None, models: M
         "flicker": flicker(pred),
         "source_flicker": flicker(source),
         "temporal_error_vs_source": temporal_error(pred, source),
-        **models.score(pred, source, prompt),
+        **models.score(pred, source, prompt, instruction),
     }
 
 
@@ -123,7 +131,7 @@ def evaluate(config: EvalConfig, progress=None) -> dict:
     pairs = pairs_of(config)
     prompts = _read_prompts(config.prompts)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = MetricModels.load(config.clip, config.dino, device)  # once for every clip
+    models = MetricModels.load(config.clip, config.dino, device, config.judge)  # once for every clip
     rows = []
     for i, (p, s) in enumerate(pairs, 1):
         rows.append(score_pair(p, s, prompts.get(p.name), models, config.max_frames))

@@ -35,15 +35,20 @@ class MetricModels:
     clip: tuple | None = None  # (model, tokenizer, image processor)
     dino: tuple | None = None  # (model, image processor)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason
-    names: dict[str, str] = field(default_factory=dict)  # which weights each metric used
+    names: dict = field(default_factory=dict)  # which weights each metric used (and the judge's identity)
+    judge: object | None = None  # a judge.Judge: VLM scores through an OpenAI-compatible endpoint
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, clip: str | None, dino: str | None, device: torch.device | None = None) -> MetricModels:
-        """`clip`/`dino`: a local folder or hub id; "none" skips the metric on purpose."""
+    def load(cls, clip: str | None, dino: str | None, device: torch.device | None = None, judge=None) -> MetricModels:
+        """`clip`/`dino`: a local folder or hub id; "none" skips the metric on purpose. `judge`: a judge.Judge."""
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        m = cls(device=device or torch.device("cpu"))
+        m = cls(device=device or torch.device("cpu"), judge=judge)
+        if judge is not None:
+            m.names["judge"] = judge.identity
+        else:
+            m.skipped["judge"] = "no VLM judge given (--judge-url, --judge-model)"
         if clip in (None, "none"):
             m.skipped.update({"clip_t": "no CLIP model given (--clip)", "clip_f": "no CLIP model given (--clip)"})
         else:
@@ -70,9 +75,19 @@ class MetricModels:
         return m
 
     @torch.no_grad()
-    def score(self, frames: np.ndarray, source: np.ndarray | None, prompt: str | None) -> dict:
-        """The learned and flow metrics of one edited clip (uint8 frames (n, h, w, 3))."""
+    def score(
+        self, frames: np.ndarray, source: np.ndarray | None, prompt: str | None, instruction: str | None = None
+    ) -> dict:
+        """The learned and flow metrics of one edited clip (uint8 frames (n, h, w, 3)); the judge reads
+        `instruction` (else `prompt`). A judge that fails on a clip leaves its reason in `judge_error`."""
+        from .judge import JudgeError
+
         out: dict = {}
+        if self.judge is not None and source is not None and (instruction or prompt):
+            try:
+                out.update(self.judge.score(frames, source, instruction or prompt))
+            except JudgeError as e:
+                out["judge_error"] = str(e)
         if self.clip is not None:
             model, tokenizer, processor = self.clip
             img = _unit_rows(model.get_image_features(**_pixels(processor, frames, self.device)))

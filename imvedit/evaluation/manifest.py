@@ -41,6 +41,7 @@ class ManifestEvalConfig:
     clip: str | None = None  # CLIP weights for CLIP-T/CLIP-F
     dino: str | None = None  # DINOv2 weights for DINO-F
     max_frames: int = 64  # frames per clip scored
+    judge: object | None = None  # a judge.Judge for VLM scores; None skips them
 
     def validate(self) -> None:
         if not Path(self.manifest).is_file():
@@ -129,7 +130,8 @@ def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
             progress(n, len(jobs) + len(rows))
     import torch
 
-    models = MetricModels.load(config.clip, config.dino, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = MetricModels.load(config.clip, config.dino, device, config.judge)
     clips = []
     for i, row in enumerate(rows):
         entry = {"row": i, "instruction": row["instruction"], "caption": row.get("caption")}

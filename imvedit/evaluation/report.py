@@ -68,7 +68,8 @@ def write_report(result: dict, report: Path) -> Path:
     skipped = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in result.get("skipped", {}).items())
     page = (
         "<!doctype html><meta charset=utf-8><title>imvedit eval</title>"
-        "<style>body{font-family:sans-serif;margin:2em}.pair{display:flex;gap:1em}td{padding:0 1em 0 0}</style>"
+        "<style>body{font-family:sans-serif;margin:2em}.pair{display:flex;gap:1em}td{padding:0 1em 0 0}"
+        "section img{max-width:100%}</style>"
         f"<h1>imvedit eval</h1><p>{result['clips']} clip(s), {result.get('failed', 0)} failed; "
         f"imvedit {html.escape(result['imvedit_version'])}, metrics v{html.escape(result['metrics_version'])}; "
         f"model {_fmt(result.get('model'))}, adapter {_fmt(result.get('adapter'))}</p>"
