@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from imvedit.evaluation.metrics import flicker, psnr, temporal_error
 
@@ -25,3 +26,18 @@ def test_known_values():
     c = b.copy()
     c[:, 0, 0] = 0.0
     assert psnr(a, c, mask) == math.inf
+
+
+def test_ssim_known_values():
+    from imvedit.evaluation.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
+    assert ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    assert 0 < ssim(noisy, a) < 0.99
+    mask = np.zeros((3, 24, 24), bool)
+    mask[:, :8] = True  # more than half a window away from the changed half
+    half = a.copy()
+    half[:, 12:] = 255 - half[:, 12:]  # changed only outside the mask
+    assert ssim(half, a, mask) == pytest.approx(1.0) and ssim(half, a, ~mask) < 0.5

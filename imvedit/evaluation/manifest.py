@@ -26,7 +26,7 @@ from ..fsutil import atomic_path
 from ..video.io import is_image, read_image, read_video
 from .evaluate import METRICS_VERSION, _mean, score_pair
 from .learned import MetricModels
-from .metrics import psnr
+from .metrics import psnr, ssim
 
 ROW_KEYS = {"source", "instruction", "caption", "mask", "output"}
 
@@ -151,6 +151,7 @@ def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
             source = read_image(row["source"]) if is_image(row["source"]) else read_video(row["source"])[0]
             mask = _read_mask(Path(row["mask"]), source.shape)
             scores["preserve_psnr"] = psnr(pred, source, ~mask)
+            scores["preserve_ssim"] = ssim(pred, source, ~mask)
             scores["edit_region_change"] = (
                 float(np.abs(pred.astype(float) - source.astype(float))[mask].mean() / 255) if mask.any() else None
             )

@@ -38,3 +38,28 @@ def temporal_error(pred: np.ndarray, reference: np.ndarray) -> float:
     if len(p) < 2:
         return 0.0
     return float(np.abs(np.diff(p, axis=0) - np.diff(r, axis=0)).mean())
+
+
+def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, window: int = 7) -> float:
+    """Mean SSIM over frames, channels and pixels (inside `mask` when given), on [0, 1] pixels, with a
+    uniform `window` x `window` window and the usual constants (K1 = 0.01, K2 = 0.03); 1 for identical."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(_unit(a)).permute(0, 3, 1, 2)  # (f, c, h, w)
+    y = torch.from_numpy(_unit(b)).permute(0, 3, 1, 2)
+    pad = window // 2
+
+    def mean(t):
+        return F.avg_pool2d(F.pad(t, (pad, pad, pad, pad), mode="replicate"), window, stride=1)
+
+    mx, my = mean(x), mean(y)
+    vx, vy, cov = mean(x * x) - mx**2, mean(y * y) - my**2, mean(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    s = s.mean(1).numpy()  # (f, h, w): channels averaged
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        return float(s[np.broadcast_to(mask, s.shape).astype(bool)].mean())
+    return float(s.mean())
