@@ -260,6 +260,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                             text, gate_pooled = encode_text(base.tokenizer, base.text_encoder, xattn)
                             if gtext != xattn:  # one text-encoder pass when both read the same text
                                 _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
+                    source, target = _fit_patches(source, base.transformer), _fit_patches(target, base.transformer)
                     with accelerator.autocast():
                         loss = flow_matching_loss(
                             model,
@@ -525,6 +526,16 @@ def _pick_cached(batch: dict, choice: str, generator: torch.Generator, suffix: s
         return instruction if choice == "instruction" else caption
     coin = torch.rand(len(instruction), generator=generator) < 0.5
     return torch.where(coin.view(-1, *[1] * (instruction.ndim - 1)), instruction, caption)
+
+
+def _fit_patches(latents: torch.Tensor, transformer) -> torch.Tensor:
+    """Centre-crop latents to whole transformer patches. Pairs are prepared in sizes that are multiples of
+    16 pixels (Wan2.1: VAE stride 8 x patch 2); a base with a coarser grid (Wan2.2-TI2V: stride 16 x patch
+    2 = 32 pixels) would otherwise see a partial patch and predict a smaller latent than its target."""
+    _, ph, pw = transformer.config.patch_size
+    h, w = latents.shape[-2:]
+    top, left = (h % ph) // 2, (w % pw) // 2
+    return latents[..., top : top + h - h % ph, left : left + w - w % pw]
 
 
 def _encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
