@@ -51,6 +51,7 @@ class EditConfig:
     negative_prompt: str = ""  # text guided away from
     gate_prompt: str | None = None  # text for the gate, when it should differ from the prompt
     max_area: int | None = None  # working area in pixels (default: the base's)
+    resolution: int | None = None  # instead of max_area: the working size's shorter side, e.g. 480 ("480p")
     overwrite: bool = False  # replace an existing output
     save_mask: Path | None = None  # also write the gate map (the implicit edit mask) as a video/image
     crf: int = 18  # quality of the output for x264/x265 (lower is better)
@@ -78,6 +79,10 @@ class EditConfig:
             ) from e
         if len(self.prompt) > 10_000:
             raise UsageError(f"The prompt is {len(self.prompt)} characters long.", "Keep it under 10,000 characters.")
+        if self.resolution is not None and self.max_area is not None:
+            raise UsageError("Give --resolution or --max-area, not both.")
+        if (self.resolution is not None and self.resolution < 8) or (self.max_area is not None and self.max_area < 64):
+            raise UsageError("--resolution must be at least 8 pixels and --max-area at least 64.")
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 < self.strength <= 1.0:
@@ -186,6 +191,13 @@ def working_size(width: int, height: int, area: int, multiple: int) -> tuple[int
     return w, h
 
 
+def _area(config: EditConfig, width: int, height: int, base: Base) -> int:
+    """The working area: --max-area, or the area whose shorter side is --resolution, or the base's."""
+    if config.resolution is not None:
+        return round(width * height * (config.resolution / min(width, height)) ** 2)
+    return config.max_area or base.default_area
+
+
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if frame.shape[1] == size[0] and frame.shape[0] == size[1]:
         return frame
@@ -246,12 +258,12 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
     if image:
         full = read_image(config.input)
         height, width = full.shape[1:3]
-        work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
+        work = working_size(width, height, _area(config, width, height, base), pipe.size_multiple)
         frames, info, decoded, k = _resize(full[0], work)[None], None, 1, 1
     else:
         info = probe(config.input)
         width, height = info.width, info.height
-        work = working_size(width, height, config.max_area or base.default_area, pipe.size_multiple)
+        work = working_size(width, height, _area(config, width, height, base), pipe.size_multiple)
         frames = []
         for frame in iter_frames(config.input, info, work, config.start, config.end, config.max_frames):
             frames.append(frame)

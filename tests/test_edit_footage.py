@@ -65,6 +65,21 @@ def test_output_matches_the_input_clip(tmp_path, name, size, rate, frames):
     assert b.has_audio and b.audio_streams == 1
 
 
+def test_working_size_from_resolution_or_area(tmp_path):
+    clip = make_clip(tmp_path / "wide.mp4", size="96x54", frames=5, audio=False)
+    sizes = {}
+    for flag, value in (("--resolution", 32), ("--max-area", 64 * 32)):
+        out = tmp_path / f"out{flag}.mp4"
+        r = imvedit("edit", clip, "make it winter", "-o", out, *FAST, flag, value, "--json")
+        assert r.returncode == 0, r.stderr
+        sizes[flag] = json.loads(r.stdout)["working_size"]
+        assert probe(out).width == 96 and probe(out).height == 54  # back to the input's size
+    # shorter side 32 px, aspect 16:9 kept, sides multiples of 16 (tiny-random: VAE stride 8 x patch 2)
+    assert sizes["--resolution"] == [64, 32] == sizes["--max-area"]
+    r = imvedit("edit", clip, "x", "-o", tmp_path / "o.mp4", *FAST, "--resolution", 32, "--max-area", 999)
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
 def test_variable_frame_rate_clip_keeps_frames_and_duration(tmp_path):
     clip = make_vfr_clip(tmp_path / "vfr.mp4")
     a = probe(clip)

@@ -33,6 +33,9 @@ def edit(
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Text to guide away from."),
     gate_prompt: str | None = typer.Option(None, "--gate-prompt", help="Text for the gate, if not the prompt."),
     max_area: int | None = typer.Option(None, "--max-area", help="Working area in pixels (default: the base's)."),
+    resolution: int | None = typer.Option(
+        None, "--resolution", help="Working size by its shorter side, e.g. 480 for 480p (instead of --max-area)."
+    ),
     window: int | None = typer.Option(
         None, "--window", help="Frames the model sees at once, 4k+1. [default: the base's; 81 for Wan]"
     ),
@@ -67,7 +70,7 @@ def edit(
 
     options = dict(
         model=model, adapter=adapter, steps=steps, guidance=guidance, source_guidance=source_guidance,
-        strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area,
+        strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area, resolution=resolution,
         window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
         codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
         attention_backend=attention_backend, overwrite=overwrite,
