@@ -70,3 +70,16 @@ def randomize_adapter(adapter, std=0.05, seed=1):
         for p in adapter.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return adapter
+
+
+def _sigint_default() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def popen_interruptible(cmd, **kwargs) -> subprocess.Popen:
+    """Popen a command whose SIGINT works like Ctrl-C even when the tests themselves run as a background
+    job: a shell starts background jobs with SIGINT ignored, the child inherits that, and Python then
+    keeps ignoring it (as a backgrounded `imvedit` should)."""
+    return subprocess.Popen(cmd, preexec_fn=_sigint_default, **kwargs)  # noqa: PLW1509 - set before exec, no threads

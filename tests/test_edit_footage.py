@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_clip
+from conftest import make_clip, popen_interruptible
 
 from imvedit.edit import load_model
 from imvedit.models.bases import SHAPES_WAN_DIR
@@ -214,7 +214,7 @@ def test_several_inputs_into_a_folder_and_sharding(tmp_path):
 def test_killing_an_edit_leaves_no_output(tmp_path, sig):
     clip = make_clip(tmp_path / "in.mp4", size="640x480", frames=60, rate="24")
     out = tmp_path / "out.mp4"
-    proc = subprocess.Popen(
+    proc = popen_interruptible(
         [sys.executable, "-m", "imvedit", "edit", str(clip), "make it winter", "-o", str(out), *FAST],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -6,6 +6,7 @@ import json
 import datasets
 import numpy as np
 import pytest
+from conftest import popen_interruptible
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -114,7 +115,7 @@ def test_an_interrupted_prepare_continues_and_equals_an_uninterrupted_run(tmp_pa
 
     cmd = [sys.executable, "-m", "imvedit", "prepare", "toy", "--limit", "600", "--seed", "3"]
     partial = tmp_path / ".resumed.partial"
-    proc = subprocess.Popen([*cmd, "-o", str(tmp_path / "resumed")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = popen_interruptible([*cmd, "-o", str(tmp_path / "resumed")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (partial / ".resume.json").exists():
         time.sleep(0.02)

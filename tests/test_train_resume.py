@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import popen_interruptible
 from safetensors.torch import load_file
 
 from imvedit.data.pairs import PrepareConfig, prepare
@@ -43,7 +44,9 @@ def straight(pairs, tmp_path_factory):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_same_adapter(pairs, straight, tmp_path, sig):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(pairs, run, "--save-every", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = popen_interruptible(
+        train_cmd(pairs, run, "--save-every", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(run.glob("checkpoints/*/state.json")):
         time.sleep(0.01)
