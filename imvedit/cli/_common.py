@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -33,6 +34,13 @@ def run(fn: Callable[[], T]) -> T:
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback unless asked
         if state["debug"]:
             raise
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fail(
+                ImveditError(
+                    "The disk is full (no space left on the device).",
+                    "Free some space or write to another disk; no partial output was kept.",
+                )
+            )
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         err_console.print(
             f"[bold red]Error:[/] unexpected {type(e).__name__}: {msg} (re-run with --debug for the traceback and report it)",

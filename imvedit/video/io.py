@@ -270,6 +270,11 @@ class VideoWriter:
         err = self._proc.stderr.read().decode(errors="replace")
         if self._proc.wait() != 0:
             last = err.strip().splitlines()[-1:] or ["unknown error"]
+            if "No space left on device" in err or "Disk quota exceeded" in err:
+                raise ImveditError(
+                    f"The disk is full: ffmpeg could not write {self.path}.",
+                    "Free some space or write to another disk; no partial output was kept.",
+                )
             raise ImveditError(
                 f"ffmpeg could not write {self.path}: {last[0]}", "Try another --codec or output format."
             )
@@ -290,7 +295,13 @@ class VideoWriter:
                 )
                 return
             except ffmpeg.Error as e:
-                last = e.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
+                text = e.stderr.decode(errors="replace")
+                if "No space left on device" in text or "Disk quota exceeded" in text:
+                    raise ImveditError(
+                        f"The disk is full: ffmpeg could not write {self.path}.",
+                        "Free some space or write to another disk; no partial output was kept.",
+                    ) from e
+                last = text.strip().splitlines()[-1:] or ["unknown error"]
         raise ImveditError(f"ffmpeg could not add the audio to {self.path}: {last[0]}", "Try another output format.")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
