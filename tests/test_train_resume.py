@@ -157,3 +157,16 @@ def test_ema_weights_are_written_resumed_and_exported(pairs, straight, tmp_path)
         text=True,
     )
     assert r.returncode == 2 and "--ema-decay" in r.stderr and not (tmp_path / "f.safetensors").exists()
+
+
+def test_fused_adamw_trains_the_same_adapter_and_8bit_needs_bitsandbytes(pairs, straight, tmp_path):
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "fused", "--optimizer", "adamw-fused"), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert same_adapter(tmp_path / "fused", straight) < 1e-4  # the same update rule, another kernel
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        r = subprocess.run(train_cmd(pairs, tmp_path / "b", "--optimizer", "adamw8bit"), capture_output=True, text=True)
+        assert r.returncode == 2 and "needs bitsandbytes" in r.stderr and not (tmp_path / "b").exists()

@@ -37,6 +37,9 @@ def train(
     validate_every: int | None = typer.Option(
         None, "--validate-every", help="Every N steps, save a picture of a few fixed pairs edited (run/validation/)."
     ),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="adamw, adamw-fused, or adamw8bit (bitsandbytes). [default: adamw]"
+    ),
     ema_decay: float | None = typer.Option(
         None, "--ema-decay", help="Also keep an EMA of the adapter weights (e.g. 0.999): run/adapter_ema.safetensors."
     ),
@@ -66,7 +69,7 @@ def train(
         "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
-        "ema_decay": ema_decay,
+        "ema_decay": ema_decay, "optimizer": optimizer,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run
