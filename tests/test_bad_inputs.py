@@ -213,3 +213,41 @@ def test_train_refuses_bad_configs(tmp_path, pairs_folder):
         "yaml",
         tmp_path / "run",
     )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    (d / "empty_dir").mkdir()
+    for name, data in (("empty.parquet", b""), ("text.parquet", b"hello\n"), ("empty.mp4", b""), ("text.mp4", b"hello\n"),
+                       ("empty.safetensors", b""), ("text.safetensors", b"hello\n"), ("a_file", b"x")):  # fmt: skip
+        (d / name).write_bytes(data)
+    return d
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["prepare", "{d}/missing", "-o", "{o}"], "does not exist"),
+        (["prepare", "{d}/empty.parquet", "-o", "{o}"], "could not read"),
+        (["prepare", "{d}/text.parquet", "-o", "{o}"], "could not read"),
+        (["prepare", "{d}/empty_dir", "-o", "{o}"], "holds no manifest"),
+        (["train", "{d}/missing", "-o", "{o}"], "does not exist"),
+        (["train", "{d}/a_file", "-o", "{o}"], "is a file"),
+        (["train", "{d}/empty_dir", "-o", "{o}"], "not a prepared pairs folder"),
+        (["eval", "--pred", "{d}/missing.mp4", "--source", "{d}/text.mp4"], "does not exist"),
+        (["eval", "--pred", "{d}/empty.mp4", "--source", "{d}/empty.mp4"], "empty"),
+        (["eval", "--pred", "{d}/text.mp4", "--source", "{d}/text.mp4"], "no video stream"),
+        (["eval", "--manifest", "{d}/text.mp4", "--report", "{o}"], "holds no rows"),
+        (["export", "{d}/missing.safetensors", "-o", "{o}"], "does not exist"),
+        (["export", "{d}/empty.safetensors", "-o", "{o}"], "not a readable safetensors"),
+        (["export", "{d}/text.safetensors", "-o", "{o}"], "not a readable safetensors"),
+        (["export", "{d}/empty_dir", "-o", "{o}"], "does not exist"),
+    ],
+)
+def test_every_command_refuses_missing_empty_and_wrong_files(files, tmp_path, args, words):
+    out = tmp_path / "out"
+    r = runner.invoke(app, [a.format(d=files, o=out) for a in args])
+    check_refused(r, 2, words)
+    assert not out.exists() or args[0] == "eval"  # eval --manifest may make its report folder, never its results
+    assert not (out / "metrics.json").exists()

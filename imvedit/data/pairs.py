@@ -12,10 +12,12 @@ The prepared folder (format version 1), what `imvedit train` reads:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -168,7 +170,13 @@ def _rows_from_hf(path: Path) -> list[dict]:
     import datasets
 
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(
+                f"Could not read the saved dataset in {path} ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}).",
+                "Save it again with datasets' save_to_disk.",
+            ) from e
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     else:
@@ -179,7 +187,15 @@ def _rows_from_hf(path: Path) -> list[dict]:
                 "See `imvedit prepare --help` for the accepted layouts.",
             )
         kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
-        ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+        try:
+            with _datasets_quiet():  # its own log line would precede ours; ours says the same and what to do
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+        except Exception as e:  # noqa: BLE001 - pyarrow and datasets raise many types for a bad file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(
+                f"Could not read {path} as {kind} data ({first[:200]}).",
+                "Check that the files are whole and really are that format.",
+            ) from e
     return ds
 
 
@@ -210,6 +226,17 @@ def iter_source(config: PrepareConfig) -> tuple[Iterator[dict], int, dict]:
         random.Random(config.seed).shuffle(order)
 
     return (_mapped(table[i], i, mapping, root) for i in order), len(table), mapping
+
+
+@contextlib.contextmanager
+def _datasets_quiet():
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def is_hub_id(source: str) -> bool:

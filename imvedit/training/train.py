@@ -78,6 +78,11 @@ class TrainConfig:
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
+        if Path(self.pairs_dir).is_file():
+            raise UsageError(
+                f"{self.pairs_dir} is a file; train reads a folder.",
+                "Run `imvedit prepare SOURCE -o DIR` and train on DIR.",
+            )
         if not Path(self.pairs_dir).is_dir():
             raise UsageError(
                 f"Pairs folder {self.pairs_dir} does not exist.", "Run `imvedit prepare SOURCE -o DIR` first."
