@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,9 +27,9 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     folder, so the final rename is atomic on every local file system.
     """
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{dest.stem}.", suffix=suffix if suffix is not None else dest.suffix, dir=dest.parent
-    )
+    suffix = suffix if suffix is not None else dest.suffix
+    remove_stale_temporaries(dest, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,6 +41,19 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(dest: Path, suffix: str) -> None:
+    """Remove what a killed run (SIGKILL, power loss: no chance to clean up) left while writing `dest`:
+    hidden siblings named exactly as `atomic_path` names its temporaries (`.STEM.<8 random chars>SUFFIX`,
+    and the `.video` part files made from them). Only names of that exact shape are touched."""
+    pattern = re.compile(rf"^\.{re.escape(dest.stem)}\.[A-Za-z0-9_]{{8}}(\.video)?{re.escape(suffix)}$")
+    if not dest.parent.is_dir():
+        return
+    for p in dest.parent.iterdir():
+        if pattern.match(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 @contextlib.contextmanager

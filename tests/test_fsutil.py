@@ -46,3 +46,20 @@ def test_atomic_path_gives_the_file_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+def test_temporaries_left_by_a_killed_run_are_removed_on_the_next_write(tmp_path):
+    from imvedit.fsutil import atomic_path
+
+    stale = [tmp_path / ".clip.ab12_xyz.mp4", tmp_path / ".clip.ab12_xyz.video.mp4"]
+    kept = [
+        tmp_path / ".clip.notes.mp4",
+        tmp_path / ".clip.ab12_xyz.mkv",
+        tmp_path / ".other.ab12_xyz.mp4",
+        tmp_path / "clip.txt",
+    ]
+    for p in stale + kept:
+        p.write_text("x")
+    with atomic_path(tmp_path / "clip.mp4") as tmp:
+        tmp.write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clip.mp4"] + [p.name for p in kept])
