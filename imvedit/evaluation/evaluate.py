@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -21,7 +22,7 @@ from ..errors import UsageError
 from ..fsutil import atomic_path
 from ..video.io import IMAGE_SUFFIXES, is_image, read_image, read_video
 from .learned import MetricModels
-from .metrics import flicker, psnr, temporal_error
+from .metrics import flicker, psnr, ssim, temporal_error
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 METRICS_VERSION = "1"  # bump when a metric's definition changes, so old and new numbers are not mixed
@@ -98,7 +99,10 @@ def score_pair(
     models: MetricModels,
     max_frames: int,
     instruction: str | None = None,
+    mask_path: Path | None = None,
 ) -> dict:
+    """The metrics of one edit. With `mask_path` (white where the edit should act), also what was kept
+    outside it (`preserve_psnr`, `preserve_ssim`) and how much changed inside (`edit_region_change`)."""
     pred, source = _read(pred_path, max_frames), _read(source_path, max_frames)
     if pred.shape != source.shape:
         raise UsageError(
@@ -106,7 +110,7 @@ def score_pair(
             f"{source_path} is {source.shape[0]} frames of {source.shape[2]}x{source.shape[1]}.",
             "Compare an edit with the source it was made from.",
         )
-    return {
+    row = {
         "pred": str(pred_path),
         "source": str(source_path),
         "prompt": prompt,
@@ -117,6 +121,20 @@ def score_pair(
         "temporal_error_vs_source": temporal_error(pred, source),
         **models.score(pred, source, prompt, instruction),
     }
+    if mask_path is not None:
+        mask = _read(Path(mask_path), max_frames).mean(-1) > 127  # sampled like the clip
+        if len(mask) == 1:
+            mask = np.repeat(mask, len(source), axis=0)
+        if mask.shape != source.shape[:3]:
+            raise UsageError(
+                f"Mask {mask_path} is {mask.shape[2]}x{mask.shape[1]}, {len(mask)} frames; {source_path} is not.",
+                "Give a mask of the clip's size and length (or one image for all frames).",
+            )
+        row["preserve_psnr"] = psnr(pred, source, ~mask)
+        row["preserve_ssim"] = ssim(pred, source, ~mask)
+        change = np.abs(pred.astype(np.float64) - source.astype(np.float64)).mean(-1) / 255.0
+        row["edit_region_change"] = float(change[mask].mean()) if mask.any() else None
+    return row
 
 
 def _mean(values: list[float]) -> float | None:

@@ -17,16 +17,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .. import __version__
 from ..errors import UsageError
 from ..fsutil import atomic_path
-from ..video.io import is_image, read_image, read_video
 from .evaluate import METRICS_VERSION, _mean, score_pair
 from .learned import MetricModels
-from .metrics import psnr, ssim
 
 ROW_KEYS = {"source", "instruction", "caption", "mask", "output"}
 
@@ -81,19 +78,6 @@ def read_manifest(path: Path) -> list[dict]:
     return out
 
 
-def _read_mask(path: Path, shape: tuple) -> np.ndarray:
-    frames = read_image(path) if is_image(path) else read_video(path)[0]
-    mask = frames.mean(-1) > 127
-    if len(mask) == 1 and shape[0] > 1:
-        mask = np.repeat(mask, shape[0], axis=0)
-    if mask.shape != shape[:3]:
-        raise UsageError(
-            f"Mask {path} is {mask.shape[2]}x{mask.shape[1]}, {len(mask)} frames; the clip is not.",
-            "Give a mask of the clip's size and length.",
-        )
-    return mask
-
-
 def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
     from ..batch import run_jobs
     from ..edit import EditConfig
@@ -145,16 +129,9 @@ def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
             row.get("caption") or row["instruction"],
             models,
             config.max_frames,
+            instruction=row["instruction"],  # the judge reads the instruction, CLIP-T the caption
+            mask_path=row.get("mask"),
         )
-        if row.get("mask"):
-            pred = read_image(row["output"]) if is_image(row["output"]) else read_video(row["output"])[0]
-            source = read_image(row["source"]) if is_image(row["source"]) else read_video(row["source"])[0]
-            mask = _read_mask(Path(row["mask"]), source.shape)
-            scores["preserve_psnr"] = psnr(pred, source, ~mask)
-            scores["preserve_ssim"] = ssim(pred, source, ~mask)
-            scores["edit_region_change"] = (
-                float(np.abs(pred.astype(float) - source.astype(float))[mask].mean() / 255) if mask.any() else None
-            )
         if row.get("gate") and Path(row["gate"]).exists():
             scores["gate"] = str(row["gate"])
         clips.append({**entry, **scores, "status": "ok"})
