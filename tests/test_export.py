@@ -20,7 +20,8 @@ from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
 
 # Largest difference (frames in [0, 1]) between the edit with the run's fp32 adapter and with an export
 # in half precision: the adapter's weights are rounded to 11 (fp16) or 8 (bf16) significant bits.
-TOLERANCE = {"fp32": 0.0, "fp16": 2e-3, "bf16": 1.5e-2}
+# Measured on this tiny base: 2.0e-5 (fp16) and 1.3e-4 (bf16); the bounds leave a 10x margin.
+TOLERANCE = {"fp32": 0.0, "fp16": 2e-4, "bf16": 2e-3}
 
 
 def imvedit(*args):
@@ -86,7 +87,7 @@ def test_diffusers_export_loads_and_edits_like_the_run(tmp_path, run_adapter, dt
     # Against the run's own in-memory base, the re-loaded base differs by float rounding only (diffusers
     # rebuilds the transformer's rotary tables on load), and fp16 rounds its weights too.
     diff = np.abs(edit_with(pipe) - reference_edit(run_adapter)).max()
-    assert diff <= {"fp32": 1e-5, "fp16": 0.05}[dtype], f"{dtype}: max difference {diff} from the run's base"
+    assert diff <= {"fp32": 1e-5, "fp16": 1e-3}[dtype], f"{dtype}: max difference {diff} from the run's base"
 
 
 def test_diffusers_export_loads_through_diffusers_itself(tmp_path, run_adapter):
