@@ -50,7 +50,7 @@ class TrainConfig:
     batch_size: int = 1  # pairs per step (pairs of one size are batched together)
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
-    # "adamw" (torch, multi-tensor), "adamw-fused" (torch's fused kernel: fewer launches on GPUs), or
+    # "adamw" (torch, multi-tensor), "adamw-fused" (torch's fused kernel, the same update rule), or
     # "adamw8bit" (bitsandbytes' 8-bit states: a quarter of the optimiser memory; needs bitsandbytes)
     optimizer: str = "adamw"
     seed: int = 0  # fixes the adapter's init, the data order, noise, sigmas and dropout
