@@ -116,7 +116,7 @@ def export(config: ExportConfig) -> dict:
 
 
 def _export_diffusers(config: ExportConfig, adapter, meta: dict, result: dict) -> None:
-    from .models.bases import SHAPES_WAN, SHAPES_WAN_DIR, config_fingerprint, load_base
+    from .models.bases import config_fingerprint, load_base
     from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     dtype = DTYPES[config.dtype]
@@ -124,7 +124,7 @@ def _export_diffusers(config: ExportConfig, adapter, meta: dict, result: dict) -
     result["base"] = base_name
     with staged_dir(config.output) as tmp:
         if config.link_base:
-            folder = _base_folder(base_name, SHAPES_WAN, SHAPES_WAN_DIR)
+            folder = _base_folder(base_name)
             from diffusers import WanTransformer3DModel
 
             check_base(meta, config_fingerprint(WanTransformer3DModel.load_config(folder, subfolder="transformer")))
@@ -166,10 +166,12 @@ def _export_diffusers(config: ExportConfig, adapter, meta: dict, result: dict) -
         (tmp / "README.md").write_text(model_card(meta, result, "diffusers"))
 
 
-def _base_folder(name: str, shapes_wan: str, shapes_wan_dir: Path) -> Path:
+def _base_folder(name: str) -> Path:
     """The base's diffusers folder on disk, for --link-base."""
-    if name == shapes_wan:
-        return shapes_wan_dir
+    from .models.bases import SHAPES_WAN, SHAPES_WAN_DIR
+
+    if name == SHAPES_WAN:
+        return SHAPES_WAN_DIR
     path = Path(name).expanduser()
     if (path / "model_index.json").is_file():
         return path.resolve()

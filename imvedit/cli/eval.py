@@ -94,7 +94,7 @@ def eval_(
         if report is None:
             fail(UsageError("--compare needs --report DIR for the table and the plot.", "Add --report compare/."))
         result = run(lambda: compare_runs(list(compare), report))
-        emit(result, json_out, open(result["markdown"]).read() + f"plot: {result['plot']}")  # noqa: SIM115
+        emit(result, json_out, result["markdown"] + f"plot: {result['plot']}")
         return
     if manifest is not None:
         from ..evaluation.manifest import ManifestEvalConfig, run_manifest

@@ -96,8 +96,8 @@ class MetricModels:
                 tokens = tokenizer([prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
                 text = _unit_rows(model.get_text_features(**tokens))
                 out["clip_t"] = float(100.0 * (img @ text.T).mean())
-            else:
-                self.skipped.setdefault("clip_t", "no prompt for this clip")
+            else:  # other clips may have prompts: the reason belongs to this clip, not the run
+                out["clip_t_skipped"] = "no prompt for this clip"
         if self.dino is not None:
             model, processor = self.dino
             hidden = model(**_pixels(processor, frames, self.device)).last_hidden_state[:, 0]
