@@ -8,6 +8,9 @@ Formats:
   `ImVideoEditPipeline.from_pretrained(OUT)` loads, and `diffusers.DiffusionPipeline.from_pretrained(OUT,
   custom_pipeline="pipeline", trust_remote_code=True)` too: its `pipeline.py` only imports the installed
   imvedit. `--link-base` links the base's component folders instead of copying them.
+- `comfyui`: the adapter under ComfyUI's Wan names (`models/imvedit/NAME.safetensors`), the custom node
+  package that loads it (`custom_nodes/imvedit/`, which imports the installed imvedit's `imvedit.comfyui`)
+  and a model card; or the file alone when the output ends in `.safetensors`.
 
 `inspect_adapter` says what an adapter file is, and whether its weights still match their hash.
 """
@@ -28,14 +31,13 @@ from .fsutil import check_output_dir, check_output_path, staged_dir
 from .models.adapter_file import (
     check_base,
     load_adapter,
-    payload_sha256,
     read_adapter_metadata,
     read_verified_tensors,
     save_adapter,
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FORMATS = ("adapter", "diffusers")
+FORMATS = ("adapter", "diffusers", "comfyui")
 ADAPTER_FILE = "adapter.safetensors"
 EMA_FILE = "adapter_ema.safetensors"  # beside adapter.safetensors in a run trained with --ema-decay
 # The file `DiffusionPipeline.from_pretrained(..., custom_pipeline="pipeline")` reads: no model code, only
@@ -49,8 +51,8 @@ PIPELINE_SHIM = (
 @dataclass
 class ExportConfig:
     source: Path  # a run folder (holding adapter.safetensors) or an adapter file
-    output: Path  # a folder to create; with --format adapter, a .safetensors path writes the file alone
-    format: str = "adapter"  # adapter or diffusers
+    output: Path  # a folder to create; with --format adapter or comfyui, a .safetensors path writes the file alone
+    format: str = "adapter"  # adapter, diffusers or comfyui
     dtype: str = "fp32"  # the adapter's weights as written: fp32, fp16 or bf16 (diffusers: the base's too)
     model: str | None = None  # diffusers: the base to package (default: the one the adapter was trained for)
     link_base: bool = False  # diffusers: symlink the base's component folders instead of copying them
@@ -88,7 +90,7 @@ class ExportConfig:
 
     @property
     def writes_single_file(self) -> bool:
-        return self.format == "adapter" and Path(self.output).suffix == ".safetensors"
+        return self.format in ("adapter", "comfyui") and Path(self.output).suffix == ".safetensors"
 
 
 def export(config: ExportConfig) -> dict:
@@ -103,8 +105,20 @@ def export(config: ExportConfig) -> dict:
         "parameters": sum(p.numel() for p in adapter.parameters()),
         "dtype": config.dtype,
     }
+    comfyui = config.format == "comfyui"
     if config.writes_single_file:
-        save_adapter(adapter, out, meta["base"], training=meta.get("training"), dtype=dtype)
+        save_adapter(adapter, out, meta["base"], training=meta.get("training"), dtype=dtype, comfyui=comfyui)
+    elif comfyui:
+        from .comfyui import NODE_SHIM
+
+        with staged_dir(out) as tmp:
+            weights = tmp / "models" / "imvedit" / f"{out.name}.safetensors"
+            weights.parent.mkdir(parents=True)
+            save_adapter(adapter, weights, meta["base"], training=meta.get("training"), dtype=dtype, comfyui=True)
+            node = tmp / "custom_nodes" / "imvedit"
+            node.mkdir(parents=True)
+            (node / "__init__.py").write_text(NODE_SHIM)
+            (tmp / "README.md").write_text(model_card(meta, result, "comfyui", weights.name))
     elif config.format == "adapter":
         with staged_dir(out) as tmp:
             save_adapter(adapter, tmp / ADAPTER_FILE, meta["base"], training=meta.get("training"), dtype=dtype)
@@ -190,7 +204,7 @@ def _base_folder(name: str) -> Path:
     )
 
 
-def model_card(meta: dict, result: dict, fmt: str) -> str:
+def model_card(meta: dict, result: dict, fmt: str, filename: str = ADAPTER_FILE) -> str:
     base = meta["base"]
     training = meta.get("training") or {}
     rows = [
@@ -213,6 +227,18 @@ def model_card(meta: dict, result: dict, fmt: str) -> str:
             "from imvedit.models.adapter_file import load_adapter\n\n"
             f'adapter, meta = load_adapter("{ADAPTER_FILE}")  # checks the payload hash\n'
             "```\n"
+        )
+    elif fmt == "comfyui":
+        usage = (
+            "Install imvedit into ComfyUI's Python environment, then copy both folders into ComfyUI:\n\n"
+            "```bash\n"
+            "COMFY_PYTHON -m pip install imvedit      # the Python that runs ComfyUI\n"
+            "cp -r models custom_nodes PATH/TO/ComfyUI/\n"
+            "```\n\n"
+            f"Restart ComfyUI; the **ImVideoEdit Loader** node lists `{filename}` (from `models/imvedit/`) and\n"
+            "loads the base the adapter names (or one you give it); **ImVideoEdit Apply** edits an IMAGE batch\n"
+            "(the frames of a video) and also returns the gate as a MASK. The file is not a LoRA: ComfyUI's\n"
+            "LoRA loaders would find none of its keys.\n"
         )
     else:
         usage = (
@@ -250,6 +276,7 @@ def inspect_adapter(path: str | Path) -> dict:
         tensors, hash_ok, problem = None, False, e.message
     info = {
         "path": str(path),
+        "format": meta["format"],
         "format_version": meta["format_version"],
         "base": meta["base"]["name"],
         "base_fingerprint": meta["base"]["fingerprint"],
@@ -261,7 +288,7 @@ def inspect_adapter(path: str | Path) -> dict:
     if tensors is not None:
         info["parameters"] = sum(t.numel() for t in tensors.values())
         info["dtype"] = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
-        info["computed_sha256"] = payload_sha256(tensors)
+        info["computed_sha256"] = meta["payload_sha256"]  # equal: read_verified_tensors hashed the stored tensors
     if problem:
         info["problem"] = problem
     return info

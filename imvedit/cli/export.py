@@ -15,9 +15,11 @@ def export(
         None,
         "-o",
         "--output",
-        help="Folder to write (with --format adapter, a .safetensors path writes the file alone).",
+        help="Folder to write (with --format adapter or comfyui, a .safetensors path writes the file alone).",
     ),
-    fmt: str = typer.Option("adapter", "--format", "-f", help="adapter (file + model card) or diffusers (pipeline)."),
+    fmt: str = typer.Option(
+        "adapter", "--format", "-f", help="adapter (file + model card), diffusers (pipeline) or comfyui (file + node)."
+    ),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16."),
     model: str | None = typer.Option(
         None, "--model", help="diffusers: the base to package (default: the one the adapter was trained for)."
@@ -32,7 +34,8 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Export a trained adapter for other tools: a verified .safetensors with a model card, or a diffusers pipeline."""
+    """Export a trained adapter for other tools: a verified .safetensors with a model card, a diffusers
+    pipeline, or a ComfyUI adapter with its custom node."""
     if inspect:
         from ..export import inspect_adapter
 
@@ -63,7 +66,7 @@ def _print_inspection(info: dict) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
-    table.add_row("file", info["path"])
+    table.add_row("file", f"{info['path']} ({info['format']})")
     table.add_row("base", f"{info['base']} (fingerprint {info['base_fingerprint']})")
     table.add_row("parameters", f"{info['parameters']:,}" if "parameters" in info else "?")
     table.add_row("dtype", ", ".join(info.get("dtype", ["?"])))

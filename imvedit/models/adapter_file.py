@@ -6,12 +6,18 @@ Metadata (all strings, as safetensors requires):
 - `base`: the base's identity (JSON: name, fingerprint of its transformer config, that config);
 - `payload_sha256`: a hash of every tensor's name, dtype, shape and bytes, so corruption is caught;
 - `training` (optional): a summary of the run that made it (JSON).
+
+The ComfyUI flavour (`imvedit export --format comfyui`) holds the same tensors under the names of ComfyUI's
+own Wan model (`blocks.N.self_attn.q`, `blocks.N.ffn.0`, ...), prefixed `imvedit.` so ComfyUI's LoRA loader
+never mistakes it for a LoRA, with `format` = "imvedit-adapter-comfyui" and the `modelspec.*` keys that
+model browsers display. Its hash covers the tensors as stored; reading it gives back the native names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -23,7 +29,44 @@ from ..fsutil import atomic_path
 from .imvedit import ImVideoEditAdapter
 
 FORMAT = "imvedit-adapter"
+FORMAT_COMFYUI = "imvedit-adapter-comfyui"
 FORMAT_VERSION = "1"
+
+# Native adapter names <-> ComfyUI-style names, one pair of rules per kind of weight (tests check that the
+# two tables invert each other for every adapter switch). In ComfyUI's Wan the self-attention is `self_attn`
+# with projections q, k, v, o, and the feed-forward is `ffn.0` (in) and `ffn.2` (out).
+_TO_COMFYUI = (
+    (r"^sda\.(\d+)\.branches\.(\w+)\.([qkvo])\.(down|up)\.weight$", r"blocks.\1.self_attn.\2.\3.lora_\4.weight"),
+    (r"^sda\.(\d+)\.aligned\.(down|up)\.weight$", r"blocks.\1.aligned.lora_\2.weight"),
+    (r"^sda\.(\d+)\.gate_(\w+)\.(weight|bias)$", r"blocks.\1.gate.\2.\3"),
+    (r"^ffn\.(\d+)\.in\.(down|up)\.weight$", r"blocks.\1.ffn.0.lora_\2.weight"),
+    (r"^ffn\.(\d+)\.out\.(down|up)\.weight$", r"blocks.\1.ffn.2.lora_\2.weight"),
+    (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
+)
+_FROM_COMFYUI = (
+    (r"^blocks\.(\d+)\.self_attn\.(\w+)\.([qkvo])\.lora_(down|up)\.weight$", r"sda.\1.branches.\2.\3.\4.weight"),
+    (r"^blocks\.(\d+)\.aligned\.lora_(down|up)\.weight$", r"sda.\1.aligned.\2.weight"),
+    (r"^blocks\.(\d+)\.gate\.(\w+)\.(weight|bias)$", r"sda.\1.gate_\2.\3"),
+    (r"^blocks\.(\d+)\.ffn\.0\.lora_(down|up)\.weight$", r"ffn.\1.in.\2.weight"),
+    (r"^blocks\.(\d+)\.ffn\.2\.lora_(down|up)\.weight$", r"ffn.\1.out.\2.weight"),
+    (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
+)
+COMFYUI_PREFIX = "imvedit."
+
+
+def _rename(name: str, rules) -> str:
+    for pattern, replacement in rules:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise UsageError(f"Adapter weight {name!r} has no known name.", "Export it again with this version of imvedit.")
+
+
+def to_comfyui_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {COMFYUI_PREFIX + _rename(k, _TO_COMFYUI): v for k, v in tensors.items()}
+
+
+def from_comfyui_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_rename(k.removeprefix(COMFYUI_PREFIX), _FROM_COMFYUI): v for k, v in tensors.items()}
 
 
 def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -41,10 +84,14 @@ def save_adapter(
     base_identity: dict,
     training: dict | None = None,
     dtype: torch.dtype | None = None,
+    comfyui: bool = False,
 ) -> Path:
+    """Write the adapter's weights with their metadata; `comfyui` writes the ComfyUI flavour (see above)."""
     tensors = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    if comfyui:
+        tensors = to_comfyui_names(tensors)
     metadata = {
-        "format": FORMAT,
+        "format": FORMAT_COMFYUI if comfyui else FORMAT,
         "format_version": FORMAT_VERSION,
         "adapter_config": json.dumps(dict(adapter.config)),
         "base": json.dumps(base_identity),
@@ -52,6 +99,14 @@ def save_adapter(
     }
     if training is not None:
         metadata["training"] = json.dumps(training)
+    if comfyui:  # what ComfyUI's and other UIs' model browsers show (the "modelspec" convention)
+        metadata |= {
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": f"{base_identity.get('name')}/imvedit-adapter",
+            "modelspec.implementation": "imvedit",
+            "modelspec.title": Path(path).stem,
+            "modelspec.description": "ImVideoEdit adapter: load it with the imvedit ComfyUI nodes, not as a LoRA.",
+        }
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -71,7 +126,7 @@ def read_adapter_metadata(path: str | Path) -> dict:
             f"{path} is not a readable safetensors file ({str(e).splitlines()[0] if str(e) else 'corrupt header'}).",
             "It may be truncated or not an adapter at all: export it again from its run folder.",
         ) from e
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, FORMAT_COMFYUI):
         raise UsageError(
             f"{path} is a safetensors file but not an imvedit adapter.",
             "Use an adapter written by `imvedit train` or `imvedit export`.",
@@ -89,7 +144,8 @@ def read_adapter_metadata(path: str | Path) -> dict:
 
 
 def read_verified_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """An adapter file's tensors and metadata, after checking that the tensors match their recorded hash."""
+    """An adapter file's tensors (under the adapter's own names) and metadata, after checking that the
+    tensors as stored match their recorded hash."""
     meta = read_adapter_metadata(path)
     try:
         tensors = {}
@@ -105,6 +161,8 @@ def read_verified_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], di
             f"{path} is corrupted: its weights do not match their recorded hash.",
             "Export the adapter again from its run folder.",
         )
+    if meta["format"] == FORMAT_COMFYUI:
+        tensors = from_comfyui_names(tensors)
     return tensors, meta
 
 
