@@ -60,7 +60,7 @@ def frames_as_comfy_image():
     return torch.from_numpy(frames).float() / 255
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_comfyui_export_loads_in_the_node_and_edits_like_the_run(tmp_path, run_adapter, dtype):
     out = tmp_path / "winter-comfy"
     export(ExportConfig(run_adapter, out, "comfyui", dtype))

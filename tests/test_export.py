@@ -74,7 +74,7 @@ def with_run_adapter(pipe, adapter_path):
     return ImVideoEditPipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.scheduler, pipe.transformer, adapter)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_diffusers_export_loads_and_edits_like_the_run(tmp_path, run_adapter, dtype):
     out = tmp_path / "pipe"
     export(ExportConfig(run_adapter, out, "diffusers", dtype))
@@ -87,7 +87,8 @@ def test_diffusers_export_loads_and_edits_like_the_run(tmp_path, run_adapter, dt
     # Against the run's own in-memory base, the re-loaded base differs by float rounding only (diffusers
     # rebuilds the transformer's rotary tables on load), and fp16 rounds its weights too.
     diff = np.abs(edit_with(pipe) - reference_edit(run_adapter)).max()
-    assert diff <= {"fp32": 1e-5, "fp16": 1e-3}[dtype], f"{dtype}: max difference {diff} from the run's base"
+    # measured: 7e-7 (fp32), 7e-5 (fp16), 6.8e-4 (bf16)
+    assert diff <= {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}[dtype], f"{dtype}: max difference {diff} from the run's base"
 
 
 def test_diffusers_export_loads_through_diffusers_itself(tmp_path, run_adapter):
