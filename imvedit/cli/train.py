@@ -43,6 +43,9 @@ def train(
     ema_decay: float | None = typer.Option(
         None, "--ema-decay", help="Also keep an EMA of the adapter weights (e.g. 0.999): run/adapter_ema.safetensors."
     ),
+    gate_supervision: float | None = typer.Option(
+        None, "--gate-supervision", help="Weight of the loss that teaches the gate where the pairs change. [default: 0]"
+    ),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. [default: 0]"),
     lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]"),
     cache: str | None = typer.Option(
@@ -69,7 +72,7 @@ def train(
         "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
-        "ema_decay": ema_decay, "optimizer": optimizer,
+        "ema_decay": ema_decay, "optimizer": optimizer, "gate_supervision": gate_supervision,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run

@@ -407,8 +407,8 @@ class SDAProcessor:
             cast(st.temb),
             None if st.gate_text is None else cast(st.gate_text),
         )
-        if st.collect_gates:
-            st.gates.append(g.detach().float())
+        if st.collect_gates:  # kept in the graph when training supervises the gate (train.gate_supervision)
+            st.gates.append(g.float())
         self.frozen.clear()
         return out + update.type_as(out)
 

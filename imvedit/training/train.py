@@ -61,6 +61,9 @@ class TrainConfig:
     # pair's caption of the edited image) or "mixed" (either, drawn per pair, so both work at inference).
     cross_attention_text: str = "instruction"
     gate_text: str = "instruction"
+    # Weight of a loss pulling the gate towards the tokens the pair changes (flow_matching.py); 0: the gate
+    # learns from the edit loss alone. It makes the gate map an edit mask rather than a mixing weight.
+    gate_supervision: float = 0.0
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
@@ -107,6 +110,10 @@ class TrainConfig:
             raise UsageError("warmup_steps must be ≥ 0, and save_every and keep_checkpoints ≥ 1.")
         if (self.validate_every is not None and self.validate_every < 1) or self.validation_pairs < 1:
             raise UsageError("validate_every and validation_pairs must be at least 1.")
+        if self.gate_supervision < 0:
+            raise UsageError(f"gate_supervision must be ≥ 0, got {self.gate_supervision}.")
+        if self.gate_supervision > 0 and self.adapter.get("gate") == "none":
+            raise UsageError("gate_supervision needs a gate.", "Drop adapter.gate: none, or set gate_supervision: 0.")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -286,6 +293,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                             config.source_dropout,
                             config.flow_shift,
                             forward=ddp_model,
+                            gate_weight=config.gate_supervision,
                         )
                     if not torch.isfinite(loss):
                         raise UsageError(
