@@ -88,7 +88,9 @@ def test_diffusers_export_loads_and_edits_like_the_run(tmp_path, run_adapter, dt
     # rebuilds the transformer's rotary tables on load), and fp16 rounds its weights too.
     diff = np.abs(edit_with(pipe) - reference_edit(run_adapter)).max()
     # measured: 7e-7 (fp32), 7e-5 (fp16), 6.8e-4 (bf16)
-    assert diff <= {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}[dtype], f"{dtype}: max difference {diff} from the run's base"
+    assert diff <= {"fp32": 1e-5, "fp16": 1e-3, "bf16": 1e-2}[dtype], (
+        f"{dtype}: max difference {diff} from the run's base"
+    )
 
 
 def test_diffusers_export_loads_through_diffusers_itself(tmp_path, run_adapter):

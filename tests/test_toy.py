@@ -117,10 +117,13 @@ def test_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
     config = load_config()
     config["vae"]["steps"] = 2
     config["transformer"].update(steps=2, dataset_clips=4, batch_size=2)
+    config["refine"]["vae"]["steps"] = config["refine"]["transformer"]["steps"] = 2  # the refine phase runs too
     import yaml
 
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
     main(["--config", str(tmp_path / "small.yaml"), "-o", str(tmp_path / "base")])
+    report = json.loads((tmp_path / "base" / "pretrain_report.json").read_text())
+    assert {"vae_seconds", "transformer_seconds", "refine_vae_seconds", "refine_transformer_seconds"} <= set(report)
     base = load_base(str(tmp_path / "base"), torch_dtype=torch.float32)
     assert base.vae.config.scale_factor_spatial == 4 and base.vae.config.patch_size == 4
     assert len(base.vae.config.latents_std) == config["vae"]["z_dim"]

@@ -6,6 +6,8 @@ Stage 1 trains the VAE (`AutoencoderKLWan`) to reconstruct shapes-world clips an
 per-channel latent statistics Wan's pipelines normalise with. Stage 2 renders and encodes a fixed set
 of captioned clips once, then trains the `WanTransformer3DModel` as a text-to-video model with flow
 matching, on one-frame images and multi-frame clips, so its 3D attention learns the world's motion.
+The refine phase (`refine:` in the config) then trains the VAE on longer clips and continues the
+transformer on the refined VAE's latents, with fresh clips and a fresh schedule.
 The small UMT5 text encoder trains with the transformer (`text_encoder.train`): kept at its random
 initialisation it blurred word identity enough that the base never learned to draw the named shapes.
 OUT_DIR gets the diffusers Wan layout.
@@ -181,11 +183,22 @@ def train_transformer(base, config: dict, log: Path | None = None) -> dict:
     }
 
 
+def refine(base, config: dict, log: Path | None = None) -> dict:
+    """Phase 2: the `refine` section's overrides of the VAE and transformer settings, trained in turn."""
+    r = config["refine"]
+    phase = {**config, "seed": r.get("seed", config["seed"] + 1)}
+    vae = train_vae(base, {**phase, "vae": {**config["vae"], **r.get("vae", {})}}, log)
+    transformer = train_transformer(
+        base, {**phase, "transformer": {**config["transformer"], **r.get("transformer", {})}}, log
+    )
+    return {f"refine_{k}": v for k, v in {**vae, **transformer}.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="pretraining config (default: the bundled one)")
     parser.add_argument("-o", "--output", required=True, help="folder to write the diffusers-format base to")
-    parser.add_argument("--stage", choices=("vae", "transformer", "all"), default="all")
+    parser.add_argument("--stage", choices=("vae", "transformer", "refine", "all"), default="all")
     parser.add_argument("--init", default=None, help="a base folder to start from (e.g. the VAE stage's output)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -210,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         report.update(train_vae(base, config, log))
     if args.stage in ("transformer", "all"):
         report.update(train_transformer(base, config, log))
+    if args.stage in ("refine", "all") and config.get("refine"):
+        report.update(refine(base, config, log))
     if args.dtype == "fp16":  # half the bytes; loading upcasts to the dtype asked for
         for m in (base.transformer, base.vae, base.text_encoder):
             m.to(torch.float16)
