@@ -74,6 +74,8 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * kl
+        if frames > 1 and c.get("consistency_weight"):
+            loss = loss + c["consistency_weight"] * _consistency(vae, x, z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -107,6 +109,18 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
         latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()]
     )
     return {"vae_seconds": round(time.time() - start, 1)}
+
+
+def _consistency(vae, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """How far each frame's latent in the clip is from the same frame's latent encoded alone, relative to
+    the latents' variance. An adapter trained on images only ever sees single-frame latents; the causal
+    VAE otherwise gives later frames latents of its own (0.95 std away here), which it cannot edit."""
+    b, c, f, h, w = x.shape
+    with torch.no_grad():
+        alone = vae.encode(x.transpose(1, 2).reshape(b * f, c, 1, h, w)).latent_dist.mode()
+        alone = alone.reshape(b, f, -1, h // vae.config.scale_factor_spatial, w // vae.config.scale_factor_spatial)
+        alone = alone.transpose(1, 2)
+    return F.mse_loss(z, alone) / alone.var().clamp_min(1e-6)
 
 
 def _style_scene(rng: np.random.Generator):
