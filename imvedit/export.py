@@ -29,11 +29,14 @@ from .edit import resolve_adapter_path
 from .errors import ImveditError, UsageError
 from .fsutil import check_output_dir, check_output_path, staged_dir
 from .models.adapter_file import (
+    FORMAT_COMFYUI,
     check_base,
     load_adapter,
+    payload_sha256,
     read_adapter_metadata,
     read_verified_tensors,
     save_adapter,
+    to_comfyui_names,
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -288,7 +291,8 @@ def inspect_adapter(path: str | Path) -> dict:
     if tensors is not None:
         info["parameters"] = sum(t.numel() for t in tensors.values())
         info["dtype"] = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
-        info["computed_sha256"] = meta["payload_sha256"]  # equal: read_verified_tensors hashed the stored tensors
+        stored = to_comfyui_names(tensors) if meta["format"] == FORMAT_COMFYUI else tensors  # as the file holds them
+        info["computed_sha256"] = payload_sha256(stored)
     if problem:
         info["problem"] = problem
     return info

@@ -74,6 +74,7 @@ def test_comfyui_export_loads_in_the_node_and_edits_like_the_run(tmp_path, run_a
     )
     info = inspect_adapter(weights)
     assert info["hash_ok"] and info["format"] == "imvedit-adapter-comfyui" and info["training"] == {"steps": 7}
+    assert info["computed_sha256"] == meta["payload_sha256"]
 
     nodes = load_node_package(out)
     loader, apply = (nodes.NODE_CLASS_MAPPINGS[n]() for n in ("ImVideoEditLoader", "ImVideoEditApply"))
