@@ -68,3 +68,12 @@ def test_bad_bases_get_clear_errors(tmp_path):
         load_base("no-such-model")
     with pytest.raises(ImveditError, match="Could not load base"):
         load_base("someone/not-downloaded-wan")  # HF_HUB_OFFLINE=1: nothing is fetched
+
+
+def test_a_saved_base_does_not_record_the_folder_it_was_loaded_from(tmp_path):
+    from imvedit.models.bases import build_tiny_random, load_base, save_base
+
+    save_base(build_tiny_random(), tmp_path / "a")
+    save_base(load_base(str(tmp_path / "a"), torch_dtype=torch.float32), tmp_path / "b")
+    configs = list((tmp_path / "b").glob("*/config.json"))
+    assert len(configs) >= 3 and not any(str(tmp_path) in c.read_text() for c in configs)

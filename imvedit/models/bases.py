@@ -255,3 +255,8 @@ def save_base(base: Base, path: str | Path) -> None:
         transformer=base.transformer,
     )
     pipe.save_pretrained(str(path))
+    # A component loaded from a folder records that folder in its config; it means nothing on another machine.
+    for config in Path(path).glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
