@@ -36,3 +36,15 @@ def report_screenshot(session):
     session.install(TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", "tests/visual", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def paper(session):
+    """Train every method and ablation on the shapes world and write docs/results.md (about an hour on 2 CPU
+    cores; `nox -s paper -- --quick` is a smoke run of a minute)."""
+    session.install(TORCH)
+    session.install("-e", ".")
+    session.run(
+        "imvedit", "eval", "--suite", "paper", "--report", "docs", "--work", ".suite-work", *session.posargs,
+        env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip

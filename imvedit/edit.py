@@ -67,6 +67,7 @@ class EditConfig:
     cpu_offload: bool = False  # keep each model on the CPU until it runs (diffusers model offload; GPU only)
     vae_tiling: bool = False  # decode/encode in spatial tiles: less memory for large frames
     attention_backend: str | None = None  # a diffusers attention backend, e.g. "flash", "sage", "native"
+    arch: str | None = None  # "sdedit" (no adapter: noise the source and denoise) or "per-frame" (see load_model)
 
     def validate(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -87,6 +88,12 @@ class EditConfig:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
+        if self.arch is not None and self.arch not in EDIT_ARCHS:
+            raise UsageError(f"Unknown --arch {self.arch!r}.", f"Use {' or '.join(EDIT_ARCHS)}, or drop --arch.")
+        if self.arch == "sdedit" and self.strength >= 1.0:
+            raise UsageError(
+                "--arch sdedit starts from the noised source: it needs --strength below 1.", "Add e.g. --strength 0.7."
+            )
         if self.window is not None and (self.window < 1 or (self.window - 1) % 4):
             raise UsageError(f"--window must be 4k + 1 frames (e.g. 17, 81), got {self.window}.")
         if self.overlap is not None and self.overlap < 1:
@@ -161,8 +168,25 @@ def resolve_adapter_path(adapter: str | Path) -> Path:
     return p / ADAPTER_FILE if p.is_dir() else p
 
 
-def load_model(model: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Base, object]:
-    """The base (named, or the one the adapter names) and the adapter, checked against each other."""
+EDIT_ARCHS = ("sdedit", "per-frame")  # what `--arch` may ask of an edit; otherwise the adapter's own arch runs
+
+
+def load_model(
+    model: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype, arch: str | None = None
+) -> tuple[Base, object]:
+    """The base (named, or the one the adapter names) and the adapter, checked against each other.
+
+    `arch`: "sdedit" drops the adapter (noise the source, denoise with the prompt: the untrained baseline);
+    "per-frame" runs an imvedit adapter on every frame alone (the same weights, no attention across frames).
+    """
+    if arch is not None and arch not in EDIT_ARCHS:
+        raise UsageError(
+            f"--arch {arch} is not chosen at edit time.",
+            f"Use {' or '.join(EDIT_ARCHS)}; any other arch is the adapter's own (`imvedit train --arch`).",
+        )
+    if arch == "sdedit":
+        adapter = None
+        model = model or SHAPES_WAN
     meta = None
     if adapter is None and model is not None and (Path(model) / EXPORTED_ADAPTER).is_file():
         adapter = str(Path(model) / EXPORTED_ADAPTER)  # a diffusers export carries its adapter
@@ -177,6 +201,13 @@ def load_model(model: str | None, adapter: str | None, device: torch.device, dty
     for m in (base.transformer, base.vae, base.text_encoder):
         m.to(device)
     if loaded is not None:
+        if arch == "per-frame":
+            if loaded.config.arch not in ("imvedit", "per-frame") or loaded.config.source_stream != "cached":
+                raise UsageError(
+                    f"--arch per-frame runs an imvedit adapter; this one is a {loaded.config.arch} adapter.",
+                    "Drop --arch, or give an adapter trained with --arch imvedit.",
+                )
+            loaded.register_to_config(arch="per-frame")
         loaded.to(device)
         if dtype != torch.float32:
             loaded.to(dtype)
@@ -218,10 +249,11 @@ class Editor:
         model, adapter, _ = resolve_model(config.model, config.adapter)
         device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        key = (model, adapter, str(device), dtype, config.cpu_offload)
+        key = (model, adapter, str(device), dtype, config.cpu_offload, config.arch)
         if key not in self.loaded:
             self.loaded.clear()  # one model in memory at a time
-            base, loaded = load_model(model, adapter, torch.device("cpu") if config.cpu_offload else device, dtype)
+            where = torch.device("cpu") if config.cpu_offload else device
+            base, loaded = load_model(model, adapter, where, dtype, config.arch)
             pipe = ImVideoEditPipeline(
                 base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded
             )

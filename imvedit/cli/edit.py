@@ -55,6 +55,11 @@ def edit(
     attention_backend: str | None = typer.Option(
         None, "--attention-backend", help="A diffusers attention backend, e.g. flash, sage, native."
     ),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="sdedit: no adapter, noise the source and denoise (needs --strength < 1); per-frame: run an imvedit adapter frame by frame.",
+    ),
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the gate map (implicit edit mask)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace existing outputs (batches skip them otherwise)."
@@ -73,7 +78,7 @@ def edit(
         strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area, resolution=resolution,
         window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
         codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
-        attention_backend=attention_backend, overwrite=overwrite,
+        attention_backend=attention_backend, overwrite=overwrite, arch=arch,
     )  # fmt: skip
     args = args or []
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UsageError
-from ._common import emit, fail, progress_bar, run
+from ._common import emit, err_console, fail, progress_bar, run
 
 
 def eval_(
@@ -37,6 +37,21 @@ def eval_(
         "--compare",
         help="Report folders of earlier evals to compare (repeat it); writes a table and a plot into --report.",
     ),
+    suite: str | None = typer.Option(
+        None,
+        "--suite",
+        help="Run an evaluation suite: 'paper' trains every method and ablation on the shapes world and writes REPORT/results.md.",
+    ),
+    quick: bool = typer.Option(False, "--quick", help="--suite: a smoke run (a few steps and one clip per variant)."),
+    work: Path | None = typer.Option(
+        None,
+        "--work",
+        help="--suite: folder for its pairs and training runs (kept for resuming). [default: REPORT/.suite-work]",
+    ),
+    train_steps: int | None = typer.Option(
+        None, "--train-steps", help="--suite: training steps per variant. [default: 600]"
+    ),
+    only: str | None = typer.Option(None, "--only", help="--suite: comma-separated variants to run (default: all)."),
     bench: str | None = typer.Option(
         None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
     ),
@@ -46,7 +61,9 @@ def eval_(
     adapter: str | None = typer.Option(
         None, "--adapter", help="Adapter for --bench/--manifest edits (default: the bundled one)."
     ),
-    clips: int = typer.Option(16, "--clips", help="--bench: clips to edit."),
+    clips: int | None = typer.Option(
+        None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16 for --bench, 8 for --suite]"
+    ),
     seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
     frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),
     size: int = typer.Option(64, "--size", help="--bench: canvas size in pixels."),
@@ -64,19 +81,54 @@ def eval_(
         "--prompt",
         help="--bench: feed the cross-attention the 'description' of the result or the 'instruction'.",
     ),
+    arch: str | None = typer.Option(
+        None, "--arch", help="--bench: sdedit (no adapter) or per-frame (an imvedit adapter frame by frame)."
+    ),
+    strength: float | None = typer.Option(
+        None, "--strength", help="--bench: below 1, start from the noised source. [default: 1; 0.7 with sdedit]"
+    ),
     report: Path | None = typer.Option(
         None, "--report", help="Folder for metrics.json (and, with --bench, contact sheets)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
-    """Score edits: an output against its source (--pred/--source), or a benchmark (--bench toy)."""
+    """Score edits: an output against its source (--pred/--source), a benchmark (--bench toy) or a suite (--suite paper)."""
+    if suite is not None:
+        from ..evaluation.suite import SUITES, SuiteConfig, result_summary, run_suite
+
+        if suite not in SUITES:
+            fail(UsageError(f"Unknown suite {suite!r}.", f"Use --suite {' or '.join(SUITES)}."))
+        if report is None:
+            fail(UsageError("--suite needs --report DIR for results.md and its plots.", "Add --report docs."))
+        names = tuple(n.strip() for n in only.split(",") if n.strip()) if only else ()
+        scfg = SuiteConfig(
+            report, work or report / ".suite-work", quick, train_steps, None, None, clips,
+            steps, seed, names, model or "shapes-wan",
+        )  # fmt: skip
+        result = run(lambda: run_suite(scfg, log=None if json_out else lambda m: err_console.print(f"suite: {m}")))
+        emit(result, json_out, result_summary(result) + f"\npage: {report / 'results.md'}")
+        return
     if bench is not None:
         from ..evaluation.toy_bench import ToyBenchConfig, run_toy_bench
 
         if bench != "toy":
             fail(UsageError(f"Unknown bench {bench!r}.", "Use --bench toy."))
         kinds = tuple(k.strip() for k in edits.split(",") if k.strip()) if edits else ()
-        cfg = ToyBenchConfig(model, adapter, clips, seed, frames, size, kinds, steps or 20, guidance, prompt, report)
+        cfg = ToyBenchConfig(
+            model,
+            adapter,
+            clips or 16,
+            seed,
+            frames,
+            size,
+            kinds,
+            steps or 20,
+            guidance,
+            prompt,
+            report,
+            arch,
+            strength,
+        )
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))
         emit(result, json_out, _bench_table(result))

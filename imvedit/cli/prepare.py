@@ -32,6 +32,9 @@ def prepare(
     streaming: bool = typer.Option(
         False, "--streaming", help="Hub datasets: read rows as they download (with --limit, only what is needed)."
     ),
+    toy_frames: int = typer.Option(
+        1, "--toy-frames", help="toy: frames per pair; 1 renders image pairs, 4k+1 (e.g. 17) video pairs."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -66,6 +69,7 @@ def prepare(
         split=split,
         revision=revision,
         streaming=streaming,
+        toy_frames=toy_frames,
     )
     with progress_bar("prepare", not json_out) as bar:
         summary = run(lambda: run_prepare(config, progress=bar))

@@ -46,6 +46,9 @@ def train(
     gate_supervision: float | None = typer.Option(
         None, "--gate-supervision", help="Weight of the loss that teaches the gate where the pairs change. [default: 0]"
     ),
+    arch: str | None = typer.Option(
+        None, "--arch", help="What to train: imvedit, vifeedit, concat or per-frame (baselines). [default: imvedit]"
+    ),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. [default: 0]"),
     lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]"),
     cache: str | None = typer.Option(
@@ -73,6 +76,7 @@ def train(
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
         "ema_decay": ema_decay, "optimizer": optimizer, "gate_supervision": gate_supervision,
+        "arch": arch,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run

@@ -77,6 +77,9 @@ class PrepareConfig:
     columns: dict[str, str] = field(default_factory=dict)  # explicit mapping, e.g. {"source": "before"}
     preset: str | None = None  # a known dataset's column layout (PRESETS); detected when not given
     toy_size: int = 64  # canvas size of rendered toy pairs
+    # frames per rendered toy pair: 1 = image pairs; 4k + 1 (e.g. 17) = video pairs, each clip stored as one
+    # lossless PNG strip of its frames stacked top to bottom (for the video-trained `concat` baseline)
+    toy_frames: int = 1
     cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
     split: str = "train"  # hub datasets: the split to read
     revision: str | None = None  # hub datasets: a branch, tag or commit (pin it for reproducible data)
@@ -86,6 +89,10 @@ class PrepareConfig:
         if self.source == TOY_SOURCE:
             if self.limit is None:
                 raise UsageError("The toy source is endless.", "Say how many pairs to render with --limit N.")
+            if self.toy_frames < 1 or (self.toy_frames - 1) % 4:
+                raise UsageError(f"--toy-frames must be 1 or 4k + 1 (e.g. 17), got {self.toy_frames}.")
+        elif self.toy_frames != 1:
+            raise UsageError("--toy-frames applies to the toy source only.", "Drop --toy-frames.")
         elif not Path(self.source).exists() and not is_hub_id(self.source):
             raise UsageError(
                 f"Dataset {self.source} does not exist.",
@@ -287,20 +294,21 @@ def _mapped(row: dict, index: int, mapping: dict, root: Path | None) -> dict:
 
 
 def _toy_rows(config: PrepareConfig) -> Iterator[dict]:
-    """Single-frame shapes-world pairs: the source image, the ground-truth edit, the instruction and
-    the description of the edited image. Deterministic from the seed."""
+    """Shapes-world pairs: the source image (or clip), the ground-truth edit, the instruction and the
+    description of the edited result. Deterministic from the seed. A clip is one strip of its frames."""
     from ..toy.world import sample_example
 
     base = TOY_SEED_OFFSET + (config.seed or 0) * 1_000_003
     for i in range(config.limit):
-        ex = sample_example(base + i, frames=1, size=config.toy_size)
+        ex = sample_example(base + i, frames=config.toy_frames, size=config.toy_size)
         yield {
             "index": i,
-            "source": Image.fromarray(ex.source[0]),
-            "target": Image.fromarray(ex.target[0]),
+            "source": Image.fromarray(np.concatenate(list(ex.source), axis=0)),
+            "target": Image.fromarray(np.concatenate(list(ex.target), axis=0)),
             "instruction": ex.instruction,
             "caption": ex.target_caption,
             "kind": ex.kind,
+            "frames": config.toy_frames,
         }
 
 
@@ -474,6 +482,9 @@ def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manife
     src, tgt = _open_rgb(row["source"]), _open_rgb(row["target"])
     if src is None or tgt is None:
         return "unreadable_image"
+    frames = row.get("frames", 1)
+    if frames > 1:  # a clip as a strip: sizes and buckets are those of one frame
+        return _write_clip_pair(row, root, index, manifest, src, tgt, instruction, frames, config)
     if min(src.size + tgt.size) < config.min_side:
         return "too_small"
     if max(src.size) / min(src.size) > MAX_ASPECT:
@@ -506,6 +517,21 @@ def _write_pair(row: dict, root: Path, index: int, config: PrepareConfig, manife
     return None
 
 
+def _write_clip_pair(row, root: Path, index: int, manifest, src, tgt, instruction: str, frames: int, config) -> None:
+    """A rendered video pair (toy --toy-frames): written as strips at their size, one manifest row."""
+    w, h = bucket_size(src.width, src.height // frames, config.max_area)
+    pid = f"{index:06d}"
+    names = {}
+    for role, im in (("source", src), ("target", tgt)):
+        name = f"images/{pid}_{role}.png"
+        im.resize((w, h * frames), Image.Resampling.BICUBIC).save(root / name)
+        names[role] = name
+    record = {"id": pid, **names, "instruction": instruction, "caption": row.get("caption"), "width": w, "height": h}
+    record.update({"frames": frames, "kind": row.get("kind")})
+    manifest.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading the prepared folder
 # ---------------------------------------------------------------------------------------------------
@@ -525,7 +551,8 @@ def load_pairs_manifest(pairs_dir: str | Path) -> list[dict]:
 
 
 class PairsDataset(torch.utils.data.Dataset):
-    """A prepared folder as (source, target) images in [-1, 1], shaped (3, 1, h, w): one-frame videos."""
+    """A prepared folder as (source, target) images in [-1, 1], shaped (3, 1, h, w): one-frame videos; a
+    video pair (manifest `frames` > 1, a strip of frames) is shaped (3, frames, h, w)."""
 
     def __init__(self, pairs_dir: str | Path):
         self.root = Path(pairs_dir)
@@ -534,16 +561,18 @@ class PairsDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _load(self, rel: str) -> torch.Tensor:
+    def _load(self, rel: str, frames: int = 1) -> torch.Tensor:
         with Image.open(self.root / rel) as im:
             a = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(a).permute(2, 0, 1)[:, None]
+        t = torch.from_numpy(a).permute(2, 0, 1)  # (3, frames * h, w)
+        return t.unflatten(1, (frames, -1))
 
     def __getitem__(self, i: int) -> dict:
         r = self.rows[i]
+        frames = r.get("frames", 1)
         return {
-            "source": self._load(r["source"]),
-            "target": self._load(r["target"]),
+            "source": self._load(r["source"], frames),
+            "target": self._load(r["target"], frames),
             "instruction": r["instruction"],
             "caption": r.get("caption") or r["instruction"],
         }
@@ -551,7 +580,7 @@ class PairsDataset(torch.utils.data.Dataset):
     def buckets(self) -> dict[tuple[int, int], list[int]]:
         out: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(self.rows):
-            out.setdefault((r["width"], r["height"]), []).append(i)
+            out.setdefault((r["width"], r["height"], r.get("frames", 1)), []).append(i)
         return out
 
 

@@ -42,6 +42,9 @@ _TO_COMFYUI = (
     (r"^ffn\.(\d+)\.in\.(down|up)\.weight$", r"blocks.\1.ffn.0.lora_\2.weight"),
     (r"^ffn\.(\d+)\.out\.(down|up)\.weight$", r"blocks.\1.ffn.2.lora_\2.weight"),
     (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
+    # arch concat: the source's patch embedding and LoRA on the 3D attention's own projections
+    (r"^patch_in\.weight$", r"patch_embedding_source.weight"),
+    (r"^attn_lora\.(\d+)\.([qkvo])\.(down|up)\.weight$", r"blocks.\1.self_attn.\2.lora_\3.weight"),
 )
 _FROM_COMFYUI = (
     (r"^blocks\.(\d+)\.self_attn\.(\w+)\.([qkvo])\.lora_(down|up)\.weight$", r"sda.\1.branches.\2.\3.\4.weight"),
@@ -50,6 +53,8 @@ _FROM_COMFYUI = (
     (r"^blocks\.(\d+)\.ffn\.0\.lora_(down|up)\.weight$", r"ffn.\1.in.\2.weight"),
     (r"^blocks\.(\d+)\.ffn\.2\.lora_(down|up)\.weight$", r"ffn.\1.out.\2.weight"),
     (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
+    (r"^patch_embedding_source\.weight$", r"patch_in.weight"),
+    (r"^blocks\.(\d+)\.self_attn\.([qkvo])\.lora_(down|up)\.weight$", r"attn_lora.\1.\2.\3.weight"),
 )
 COMFYUI_PREFIX = "imvedit."
 

@@ -33,6 +33,14 @@ from .lora import LowRank
 
 BRANCH_MODES = ("pos_neg", "zero_out")
 GATE_MODES = ("text", "no_text", "none")
+SOURCE_STREAMS = ("cached", "two_way")
+# The architectures one adapter class covers (docs/method.md, "Baselines"). `sdedit` needs no adapter.
+ARCHS = ("imvedit", "vifeedit", "concat", "per-frame")
+# What an architecture changes in the switches' defaults; a switch the user sets still wins.
+ARCH_DEFAULTS = {
+    # the predecessor: the source in the sequence beside the target, no aligned term, no gate
+    "vifeedit": {"source_stream": "two_way", "aligned_difference": False, "gate": "none"},
+}
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -192,6 +200,16 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         gate_mix: bool = True,  # g scales the attention branches and 1 - g the aligned (keep) term
         ffn_lora: bool = False,  # low-rank updates on each block's feed-forward too
         ffn_rank: int = 32,  # rank of those updates
+        # "imvedit"; "vifeedit" (two-way source in the sequence); "concat" (source latents on the channels of a
+        # widened, zero-initialised patch embedding + LoRA on the 3D attention); "per-frame" (imvedit's adapter
+        # run on each frame alone: no attention across frames)
+        arch: str = "imvedit",
+        # "cached": the source stream runs once per video, one-way; "two_way": the source tokens sit beside the
+        # target in one sequence (each half with its own 3D attention), re-run at every step, and the 2D
+        # attention updates both halves
+        source_stream: str = "cached",
+        in_channels: int = 16,  # the base's latent channels (concat's patch embedding reads the source's)
+        patch_size: list[int] | None = None,  # the base's patch size (concat's patch embedding); None: (1, 2, 2)
     ):
         super().__init__()
         self.validate()
@@ -203,7 +221,19 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
                 for i in self.sda_layers
             }
         )
-        self.gate_text = nn.Linear(text_dim, gate_dim) if gate == "text" else None
+        self.gate_text = nn.Linear(text_dim, gate_dim) if gate == "text" and arch != "concat" else None
+        self.patch_in, self.attn_lora = None, None
+        if arch == "concat":
+            # The widened patch embedding's new input channels, zero-initialised: the base's output at the start.
+            patch = tuple(patch_size or (1, 2, 2))
+            self.patch_in = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch, bias=False)
+            nn.init.zeros_(self.patch_in.weight)
+            self.attn_lora = nn.ModuleDict(
+                {
+                    str(i): nn.ModuleDict({p: LowRank(dim, dim, rank) for p in ("q", "k", "v", "o")})
+                    for i in range(num_layers)
+                }
+            )
         self.ffn = (
             nn.ModuleDict(
                 {
@@ -223,6 +253,12 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             raise UsageError(f"Unknown branches {c.branches!r}.", f"Use one of {', '.join(BRANCH_MODES)}.")
         if c.gate not in GATE_MODES:
             raise UsageError(f"Unknown gate {c.gate!r}.", f"Use one of {', '.join(GATE_MODES)}.")
+        if c.arch not in ARCHS:
+            raise UsageError(f"Unknown arch {c.arch!r}.", f"Use one of {', '.join(ARCHS)} (or sdedit, untrained).")
+        if c.source_stream not in SOURCE_STREAMS:
+            raise UsageError(f"Unknown source_stream {c.source_stream!r}.", f"Use one of {', '.join(SOURCE_STREAMS)}.")
+        if c.source_stream == "two_way" and c.arch not in ("imvedit", "vifeedit"):
+            raise UsageError(f"source_stream two_way does not apply to arch {c.arch}.", "Drop source_stream.")
         for name in ("rank", "aligned_rank", "gate_dim", "ffn_rank", "every_k_blocks", "num_layers"):
             if getattr(c, name) < 1:
                 raise UsageError(f"Adapter option {name} must be at least 1, got {getattr(c, name)}.")
@@ -233,11 +269,13 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         return tuple(
             k
             for k in inspect.signature(cls.__init__).parameters
-            if k not in ("self", "num_layers", "dim", "text_dim", "ffn_dim")
+            if k not in ("self", "num_layers", "dim", "text_dim", "ffn_dim", "arch", "in_channels", "patch_size")
         )
 
     @property
     def sda_layers(self) -> list[int]:
+        if self.config.arch == "concat":
+            return []
         return list(range(0, self.config.num_layers, self.config.every_k_blocks))
 
     # The base an adapter was trained for ({name, fingerprint, transformer_config}), when it was loaded from
@@ -273,14 +311,17 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
                 save_adapter(self, weights, self.base_identity)
 
     @classmethod
-    def for_base(cls, transformer: WanTransformer3DModel, **switches) -> ImVideoEditAdapter:
+    def for_base(cls, transformer: WanTransformer3DModel, arch: str = "imvedit", **switches) -> ImVideoEditAdapter:
         c = transformer.config
         return cls(
             num_layers=c.num_layers,
             dim=c.num_attention_heads * c.attention_head_dim,
             text_dim=c.text_dim,
             ffn_dim=c.ffn_dim,
-            **switches,
+            arch=arch,
+            in_channels=c.in_channels,
+            patch_size=list(c.patch_size),
+            **{**ARCH_DEFAULTS.get(arch, {}), **switches},
         )
 
 
@@ -336,7 +377,7 @@ class SourceFeatures:
         """The same source for n stacked guidance branches (a view when the batch is 1)."""
 
         def rep(t):
-            return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t.repeat(n, 1, 1)
+            return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t.repeat(n, *[1] * (t.ndim - 1))
 
         return SourceFeatures({i: {k: rep(t) for k, t in d.items()} for i, d in self.blocks.items()}, self.grid)
 
@@ -353,7 +394,9 @@ class SourceFeatures:
 class _PassState:
     """What one base forward needs to share with the processors; set by `ImVideoEditTransformer`."""
 
-    mode: str = "plain"  # "plain": the base alone; "record": source stream; "edit": target stream
+    # "plain": the base alone; "record": source stream; "edit": target stream; "two_way": target and source
+    # side by side in one sequence (source_stream two_way)
+    mode: str = "plain"
     armed: bool = False  # set by ImVideoEditTransformer just before it calls the base
     grid: tuple[int, int, int] | None = None
     temb: torch.Tensor | None = None
@@ -362,6 +405,7 @@ class _PassState:
     recording: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     gates: list[torch.Tensor] = field(default_factory=list)
     collect_gates: bool = False
+    fold: int = 1  # per-frame: frames folded into the batch (the gate map unfolds them)
 
 
 class SDAProcessor:
@@ -369,7 +413,7 @@ class SDAProcessor:
     "edit" mode the target tokens are then updated with `g * delta` (inside the block's attention
     residual, so Wan's timestep gate on attention applies to both)."""
 
-    def __init__(self, inner, index: int, sda: SpatialDifferenceAttention, state: _PassState):
+    def __init__(self, inner, index: int, sda: SpatialDifferenceAttention | None, state: _PassState):
         self.inner = inner
         self.index = index
         self.sda = sda
@@ -380,6 +424,8 @@ class SDAProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
         st = self.state
         self.frozen.clear()
+        if st.mode == "two_way":
+            return self._two_way(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
         if st.mode == "plain":
             return out
@@ -411,6 +457,50 @@ class SDAProcessor:
             st.gates.append(g.float())
         self.frozen.clear()
         return out + update.type_as(out)
+
+    def _two_way(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw):
+        """The predecessor's in-context stream: the sequence is [target | source]. Each half gets the block's
+        own 3D attention with the same positions (so a source token and the target token it shows share
+        one), then the 2D attention runs for the queries of *both* halves, each reading the other half as
+        its "source": two-way, so the source half changes with the target and cannot be cached."""
+        st = self.state
+        half = hidden_states.shape[1] // 2
+        cos, sin = rotary_emb
+        rope = (cos[:, :half], sin[:, :half])
+        out = torch.cat(
+            [
+                self.inner(attn, hidden_states[:, :half], encoder_hidden_states, attention_mask, rope, **kw),
+                self.inner(attn, hidden_states[:, half:], encoder_hidden_states, attention_mask, rope, **kw),
+            ],
+            dim=1,
+        )
+        if self.sda is None:  # a block without SDA (every_k_blocks > 1): the split attention alone
+            return out
+        for name, proj in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v)):
+            if name not in self.frozen:
+                self.frozen[name] = proj(hidden_states)
+        x_ln = F.layer_norm(self.block_input.float(), self.block_input.shape[-1:]).type_as(hidden_states)
+        dtype = next(self.sda.parameters()).dtype
+
+        def stacked(t, swap=False):  # (b, 2 * half, ...) -> (2b, half, ...): the halves as a batch
+            a, b = t[:, :half].to(dtype), t[:, half:].to(dtype)
+            return torch.cat([b, a] if swap else [a, b])
+
+        b = hidden_states.shape[0]
+        f, h, w = st.grid
+        temb = stacked(st.temb) if st.temb.ndim == 3 else torch.cat([st.temb, st.temb]).to(dtype)
+        text = None if st.gate_text is None else torch.cat([st.gate_text, st.gate_text]).to(dtype)
+        src = {"mod": stacked(hidden_states, True), "ln": stacked(x_ln, True)}
+        src.update({k: stacked(self.frozen[k], True) for k in ("k", "v")})
+        frozen = {k: stacked(t) for k, t in self.frozen.items()}
+        update, g = self.sda(
+            attn, stacked(hidden_states), frozen, src, stacked(x_ln), st.grid, (cos[:, : h * w], sin[:, : h * w]),
+            temb, text,
+        )  # fmt: skip
+        if st.collect_gates:
+            st.gates.append(g[:b].float())  # the target half's gate
+        self.frozen.clear()
+        return out + torch.cat([update[:b], update[b:]], dim=1).type_as(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,15 +539,27 @@ class ImVideoEditTransformer(nn.Module):
         self._processors: dict[int, SDAProcessor] = {}
         self._handles.append(base.register_forward_pre_hook(self._on_base_input, with_kwargs=True))
         self._handles.append(base.condition_embedder.register_forward_hook(self._on_condition))
-        for i in adapter.sda_layers:
+        # two_way: every block splits its 3D attention into the two halves, with or without SDA
+        two_way = adapter.config.source_stream == "two_way"
+        for i in range(base.config.num_layers) if two_way else adapter.sda_layers:
             block = base.blocks[i]
-            proc = SDAProcessor(block.attn1.processor, i, adapter.sda[str(i)], self.state)
+            sda = adapter.sda[str(i)] if str(i) in adapter.sda else None
+            proc = SDAProcessor(block.attn1.processor, i, sda, self.state)
             self._processors[i] = proc
             block.attn1.set_processor(proc)
+            if sda is None:
+                continue
             self._handles.append(block.register_forward_pre_hook(self._stash_block_input(proc)))
             for name in ("q", "k", "v"):
                 proj = getattr(block.attn1, f"to_{name}")
                 self._handles.append(proj.register_forward_hook(self._stash_projection(proc, name)))
+        if adapter.patch_in is not None:  # concat: the source's channels into the patch embedding, LoRA on attn1
+            self._handles.append(base.patch_embedding.register_forward_hook(self._add_source_channels))
+            for i, block in enumerate(base.blocks):
+                lora = adapter.attn_lora[str(i)]
+                for name, proj in (("q", block.attn1.to_q), ("k", block.attn1.to_k), ("v", block.attn1.to_v)):
+                    self._handles.append(proj.register_forward_hook(self._add_ffn_lora(lora[name])))
+                self._handles.append(block.attn1.to_out[0].register_forward_hook(self._add_ffn_lora(lora["o"])))
         if adapter.ffn is not None:
             for i, block in enumerate(base.blocks):
                 lora = adapter.ffn[str(i)]
@@ -476,7 +578,8 @@ class ImVideoEditTransformer(nn.Module):
         hidden_states = args[0] if args else kwargs["hidden_states"]
         p_t, p_h, p_w = module.config.patch_size
         _, _, f, h, w = hidden_states.shape
-        self.state.grid = (f // p_t, h // p_h, w // p_w)
+        # two_way: the grid of one half (the processors split the sequence)
+        self.state.grid = (f // p_t // (2 if st.mode == "two_way" else 1), h // p_h, w // p_w)
 
     def _on_condition(self, module, args, output):
         self.state.temb = output[0]  # (batch, dim), or (batch, tokens, dim) with per-token timesteps
@@ -491,13 +594,23 @@ class ImVideoEditTransformer(nn.Module):
     @staticmethod
     def _stash_projection(proc: SDAProcessor, name: str):
         def hook(module, args, output):
-            proc.frozen[name] = output
+            # two_way calls the projection once per half: the stash holds the whole sequence, in order
+            prev = proc.frozen.get(name)
+            proc.frozen[name] = output if prev is None else torch.cat([prev, output], dim=1)
 
         return hook
 
+    def _add_source_channels(self, module, args, output):
+        if self.state.mode != "edit":
+            return output
+        src = self.state.source.blocks[-1]["latents"]
+        return output + self.adapter.patch_in(src.to(self.adapter.patch_in.weight.dtype)).type_as(output)
+
     def _add_ffn_lora(self, lora: LowRank):
+        """A low-rank update added to a frozen linear layer's output in the edit passes (FFN, concat's attn1)."""
+
         def hook(module, args, output):
-            if self.state.mode != "edit":
+            if self.state.mode not in ("edit", "two_way"):
                 return output
             x = args[0]
             return output + lora(x.to(lora.up.weight.dtype)).type_as(output)
@@ -527,10 +640,32 @@ class ImVideoEditTransformer(nn.Module):
         return self.base
 
     # -- the two streams --------------------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self.adapter.config.arch
+
+    @property
+    def _in_sequence(self) -> bool:
+        """The source is not a cached stream but latents the edit pass itself reads (concat, two_way)."""
+        return self.arch == "concat" or self.adapter.config.source_stream == "two_way"
+
+    @staticmethod
+    def _fold(x: torch.Tensor) -> torch.Tensor:
+        """(b, c, f, h, w) -> (b * f, c, 1, h, w): every frame its own one-frame video (per-frame)."""
+        b, c, f, h, w = x.shape
+        return x.permute(0, 2, 1, 3, 4).reshape(b * f, c, 1, h, w)
+
     @torch.no_grad()
     def encode_source(self, source_latents: torch.Tensor, empty_text: torch.Tensor) -> SourceFeatures:
-        """The frozen source stream: the clean source at timestep 0 with the empty prompt, once."""
+        """The frozen source stream: the clean source at timestep 0 with the empty prompt, once. For concat
+        and the two-way stream, the source latents themselves (the edit pass reads them)."""
         st = self.state
+        if self._in_sequence:
+            p_t, p_h, p_w = self.base.config.patch_size
+            _, _, f, h, w = source_latents.shape
+            return SourceFeatures({-1: {"latents": source_latents}}, (f // p_t, h // p_h, w // p_w))
+        if self.arch == "per-frame":
+            source_latents = self._fold(source_latents)
         st.mode, st.recording, st.armed = "record", {}, True
         try:
             t0 = torch.zeros(source_latents.shape[0], device=source_latents.device)
@@ -556,21 +691,43 @@ class ImVideoEditTransformer(nn.Module):
     ) -> torch.Tensor:
         """Velocity prediction for `latents` (batch, c, f, h, w). `gate_text`: pooled embeddings (batch, text_dim)."""
         st = self.state
+        b, _, f = latents.shape[:3]
+        per_frame = source is not None and self.arch == "per-frame"
+        if per_frame:  # every frame alone: the base's 3D attention never sees two frames together
+            latents = self._fold(latents)
+            timestep = timestep.repeat_interleave(f)
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(f, dim=0)
+            gate_text = None if gate_text is None else gate_text.repeat_interleave(f, dim=0)
         if source is not None:
             if source.batch_size != latents.shape[0]:
                 raise ValueError(f"source batch {source.batch_size} != latents batch {latents.shape[0]}")
-        st.mode = "plain" if source is None else "edit"
+        two_way = source is not None and self.adapter.config.source_stream == "two_way"
+        st.mode = "plain" if source is None else ("two_way" if two_way else "edit")
         st.source = source
         st.gate_text = None if (source is None or gate_text is None) else self.pool_gate_text(gate_text)
         st.collect_gates = collect_gates
         st.gates = []
+        st.fold = f if per_frame else 1
         st.armed = True
-        return self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        if two_way:  # [target | source] along frames; the source's tokens at timestep 0
+            src = source.blocks[-1]["latents"].to(latents.dtype)
+            p_t, p_h, p_w = self.base.config.patch_size
+            half = f // p_t * (latents.shape[3] // p_h) * (latents.shape[4] // p_w)
+            t = timestep.reshape(-1, 1).expand(b, half)
+            timestep = torch.cat([t, torch.zeros_like(t)], dim=1)
+            out = self.base(torch.cat([latents, src], dim=2), timestep, encoder_hidden_states, return_dict=False)[0]
+            return out[:, :, :f]
+        out = self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        if per_frame:
+            out = out.reshape(b, f, *out.shape[1:2], *out.shape[3:]).permute(0, 2, 1, 3, 4)
+        return out
 
     def last_gate_map(self) -> torch.Tensor | None:
-        """The gate of the last forward with `collect_gates`, averaged over blocks: (batch, f, h, w)."""
+        """The gate of the last forward with `collect_gates`, averaged over blocks: (batch, f, h, w); None
+        for an architecture without a gate (concat)."""
         if not self.state.gates:
             return None
         f, h, w = self.state.grid
         g = torch.stack(self.state.gates).mean(0)[..., 0]
-        return g.reshape(g.shape[0], f, h, w)
+        fold = self.state.fold
+        return g.reshape(g.shape[0] // fold, f * fold, h, w)

@@ -268,11 +268,13 @@ class ImVideoEditPipeline(DiffusionPipeline):
                     latent_in = latents[:, :, s:e].expand(n_branches, -1, -1, -1, -1)
                     if model is not None:
                         p = model(latent_in, t_in, text, branch_features[j], gate_text, collect_gates=True)
-                        g = model.last_gate_map()[0:1, None] * weights[j]  # (1, 1, window, h', w')
-                        if gate_step is None:
-                            grid = (1, 1, length, *g.shape[3:])  # the token grid: latent size / patch size
-                            gate_step = torch.zeros(grid, device=device, dtype=g.dtype)
-                        gate_step[:, :, s:e] += g
+                        g = model.last_gate_map()  # None for an architecture without a gate (concat)
+                        if g is not None:
+                            g = g[0:1, None] * weights[j]  # (1, 1, window, h', w')
+                            if gate_step is None:
+                                grid = (1, 1, length, *g.shape[3:])  # the token grid: latent size / patch size
+                                gate_step = torch.zeros(grid, device=device, dtype=g.dtype)
+                            gate_step[:, :, s:e] += g
                     else:
                         p = self.transformer(latent_in, t_in, text, return_dict=False)[0]
                     if do_cfg:

@@ -32,7 +32,7 @@ from ..errors import UsageError
 from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import save_adapter
 from ..models.bases import COMPONENTS, load_base
-from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from ..models.imvedit import ARCH_DEFAULTS, ARCHS, ImVideoEditAdapter, ImVideoEditTransformer
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 from .flow_matching import flow_matching_loss
 
@@ -78,6 +78,10 @@ class TrainConfig:
     # Also keep an exponential moving average of the adapter weights with this decay (e.g. 0.999; diffusers'
     # EMAModel, which ramps the decay up over the first steps), written as adapter_ema.safetensors.
     ema_decay: float | None = None
+    # What is trained (docs/method.md, "Baselines"): "imvedit"; "vifeedit" (the predecessor: a two-way source
+    # in the sequence); "concat" (source on the patch embedding's channels + LoRA); "per-frame" (imvedit's
+    # adapter, run frame by frame at inference). "sdedit" needs no training.
+    arch: str = "imvedit"
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
 
     def validate(self) -> None:
@@ -112,8 +116,19 @@ class TrainConfig:
             raise UsageError("validate_every and validation_pairs must be at least 1.")
         if self.gate_supervision < 0:
             raise UsageError(f"gate_supervision must be ≥ 0, got {self.gate_supervision}.")
-        if self.gate_supervision > 0 and self.adapter.get("gate") == "none":
-            raise UsageError("gate_supervision needs a gate.", "Drop adapter.gate: none, or set gate_supervision: 0.")
+        if self.arch == "sdedit":
+            raise UsageError(
+                "arch sdedit needs no training.",
+                "Edit with `imvedit edit --arch sdedit` or `imvedit eval --arch sdedit`.",
+            )
+        if self.arch not in ARCHS:
+            raise UsageError(f"Unknown --arch {self.arch!r}.", f"Use one of {', '.join(ARCHS)}.")
+        no_gate = self.adapter.get("gate", ARCH_DEFAULTS.get(self.arch, {}).get("gate")) == "none"
+        if self.gate_supervision > 0 and (no_gate or self.arch == "concat"):
+            raise UsageError(
+                "gate_supervision needs a gate.",
+                "Drop adapter.gate: none (or arch concat), or set gate_supervision: 0.",
+            )
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -202,7 +217,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             "Re-run `imvedit prepare --cache --model` for this base, or train with --cache no.",
         )
     torch.manual_seed(config.seed)
-    adapter = ImVideoEditAdapter.for_base(base.transformer, **config.adapter)
+    adapter = ImVideoEditAdapter.for_base(base.transformer, arch=config.arch, **config.adapter)
     model = ImVideoEditTransformer(base.transformer, adapter)
     if config.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
@@ -606,7 +621,7 @@ def dry_run(yaml_path: str | Path | None, overrides: dict, gpu_memory: float | N
     return {
         "model": get("model"),
         **plan(
-            read_plan_input(get("model")), get("adapter"), area, get("batch_size"), get("mixed_precision"),
+            read_plan_input(get("model")), {**get("adapter"), "arch": get("arch")}, area, get("batch_size"), get("mixed_precision"),
             bool(get("gradient_checkpointing")), cached, gpu_memory,
         ),
     }  # fmt: skip

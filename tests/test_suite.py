@@ -1,0 +1,57 @@
+"""`imvedit eval --suite paper --quick`: every variant trained, evaluated and on the generated page."""
+
+import json
+import math
+import xml.etree.ElementTree as ET
+
+import pytest
+from typer.testing import CliRunner
+
+from imvedit.cli.main import app
+from imvedit.evaluation.suite import VARIANT_NAMES
+from imvedit.models.bases import SHAPES_WAN_DIR
+
+runner = CliRunner()
+pytestmark = pytest.mark.skipif(
+    not (SHAPES_WAN_DIR / "model_index.json").is_file(), reason="the suite runs on the bundled shapes-wan"
+)
+
+
+def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tmp_path):
+    report, work = tmp_path / "docs", tmp_path / "work"
+    args = ["eval", "--suite", "paper", "--quick", "--report", str(report), "--work", str(work), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    results = json.loads((report / "results" / "results.json").read_text())
+    assert [row["name"] for row in results["rows"]] == list(VARIANT_NAMES)
+    for row in results["rows"]:
+        for key in ("edit_psnr", "edit_region_psnr", "temporal_error", "edit_seconds_per_frame"):
+            assert math.isfinite(row[key]), (row["name"], key)
+        trained = row["name"] != "sdedit"
+        assert (row["trainable_parameters"] > 0) == trained and (row["seen"] > 0) == trained
+    by = {row["name"]: row for row in results["rows"]}
+    assert by["concat-video"]["seen_unit"] == "clips" and by["imvedit"]["seen_unit"] == "pairs"
+    assert by["per-frame"]["trainable_parameters"] == by["imvedit"]["trainable_parameters"]  # the same adapter
+    page = (report / "results.md").read_text()
+    assert "Quick mode" in page and results["machine"]["torch"] in page
+    for name in VARIANT_NAMES:
+        assert f"| {name} |" in page
+    for claim in ("**1.", "**2.", "**3."):
+        assert claim in page
+    for plot in ("quality_vs_compute.svg", "temporal_error.svg"):
+        root = ET.parse(report / "results" / plot).getroot()  # noqa: S314 - a file this test just wrote
+        assert root.tag.endswith("svg") and len(root) > 10
+
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/adapter.safetensors")}
+    r = runner.invoke(app, args + ["--only", "imvedit,per-frame"])
+    assert r.exit_code == 0, r.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
+    rows = json.loads((report / "results" / "results.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["imvedit", "per-frame"]
+
+
+def test_unknown_variants_and_a_missing_report_are_one_line_errors(tmp_path):
+    r = runner.invoke(app, ["eval", "--suite", "paper", "--quick", "--report", str(tmp_path), "--only", "lora"])
+    assert r.exit_code == 2 and "Unknown variant" in r.output
+    r = runner.invoke(app, ["eval", "--suite", "paper", "--quick"])
+    assert r.exit_code == 2 and "--report" in r.output
