@@ -1,15 +1,25 @@
-"""Cost of one denoising step: ImVideoEdit (source features cached) vs the plain base step.
+"""Cost of one denoising step: ImVideoEdit (source cached) vs the plain base step vs ViFeEdit's two-way step.
 
     python tests/benchmarks/bench_step_cost.py [--config wan2.1-1.3b|tiny] [--layers N] [--frames F] [--hw H W]
 
-Both run on the same random-weight WanTransformer3DModel, same inputs, interleaved, in one process;
-the result is the ratio of median times (this machine is shared and noisy: only ratios are reported).
-Not a test.
+Three variants on the same random-weight WanTransformer3DModel (the two adapted ones on copies of it),
+same inputs, both guidance branches batched as the pipeline does:
+- `plain`: one step of the base alone (the physical floor);
+- `imvedit`: the edit stream with the source features cached once (docs/method.md);
+- `vifeedit`: `--arch vifeedit`, the source beside the target in one sequence at every step.
+
+Step times: interleaved rounds in one process, reported as ratios of medians (this machine is shared
+and noisy: only ratios are reported). Peak memory: each variant alone in a fresh process, the peak
+resident set (or CUDA allocator peak) during its steps above the built model and inputs. Not a test.
 """
 
 import argparse
+import copy
 import json
+import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -29,6 +39,57 @@ CONFIGS = {
         qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
     ),
 }  # fmt: skip
+VARIANTS = ("plain", "imvedit", "vifeedit")
+
+
+def build(args, variant: str, base: WanTransformer3DModel | None = None):
+    """(a callable taking one step of `variant`, its base). Give each adapted variant its own copy of the
+    base: a base holds one adapter at a time."""
+    cfg = dict(CONFIGS[args.config])
+    if args.layers:
+        cfg["num_layers"] = args.layers
+    if base is None:
+        torch.manual_seed(0)
+        base = WanTransformer3DModel(**cfg).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    shape = (2, cfg["in_channels"], args.frames, *args.hw)  # batch 2: the two guidance branches
+    x, src = torch.randn(shape, generator=g), torch.randn((1, *shape[1:]), generator=g)
+    text = torch.randn(2, 64, cfg["text_dim"], generator=g)
+    pooled = torch.randn(2, cfg["text_dim"], generator=g)
+    t = torch.tensor([500.0, 500.0])
+    if variant == "plain":
+        return (lambda: base(x, t, text, return_dict=False)), base
+    adapter = ImVideoEditAdapter.for_base(base, arch=variant)
+    with torch.no_grad():
+        for prm in adapter.parameters():  # non-zero weights: no shortcut through zero-initialised maps
+            prm.normal_(0, 0.02)
+    model = ImVideoEditTransformer(base, adapter)
+    with torch.no_grad():
+        features = model.encode_source(src, torch.zeros(1, 64, cfg["text_dim"])).repeat(2)  # once per video
+    return (lambda: model(x, t, text, features, pooled)), base
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+@torch.no_grad()
+def memory_child(args, variant: str) -> None:
+    step, _ = build(args, variant)
+    step()  # the first call allocates the kernels' workspaces; steady state is what is compared
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        before = _status_kb("VmRSS") * 1024
+    for _ in range(3):
+        step()
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _status_kb("VmHWM") * 1024
+    print(json.dumps({"variant": variant, "peak_above_model": peak - before}))
 
 
 def main() -> None:
@@ -38,40 +99,39 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=5, help="latent frames")
     p.add_argument("--hw", type=int, nargs=2, default=(16, 16), help="latent height and width")
     p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    cfg = dict(CONFIGS[args.config])
-    if args.layers:
-        cfg["num_layers"] = args.layers
-    torch.manual_seed(0)
-    base = WanTransformer3DModel(**cfg).eval().requires_grad_(False)
-    adapter = ImVideoEditAdapter.for_base(base)
+    if args.memory_child:
+        return memory_child(args, args.memory_child)
+    plain, base = build(args, "plain")
+    steps = {"plain": plain}
+    for v in ("imvedit", "vifeedit"):  # identical weights; the plain base stays unhooked
+        steps[v] = build(args, v, copy.deepcopy(base))[0]
+    times = {v: [] for v in VARIANTS}
     with torch.no_grad():
-        for prm in adapter.parameters():  # non-zero weights: no shortcut through zero-initialised maps
-            prm.normal_(0, 0.02)
-    g = torch.Generator().manual_seed(0)
-    shape = (2, cfg["in_channels"], args.frames, *args.hw)  # batch 2: the two guidance branches
-    x, src = torch.randn(shape, generator=g), torch.randn(shape[:1] and (1, *shape[1:]), generator=g)
-    text = torch.randn(2, 64, cfg["text_dim"], generator=g)
-    t = torch.tensor([500.0, 500.0])
-    model = ImVideoEditTransformer(base, adapter)
-    with torch.no_grad():
-        features = model.encode_source(src, torch.zeros(1, 64, cfg["text_dim"])).repeat(2)
-        pooled = torch.randn(2, cfg["text_dim"], generator=g)
-        plain_t, edit_t = [], []
         for i in range(args.repeat + 1):
-            t0 = time.perf_counter()
-            base(x, t, text, return_dict=False)  # a direct base call: the hooks stay in plain mode
-            t1 = time.perf_counter()
-            model(x, t, text, features, pooled)
-            t2 = time.perf_counter()
-            if i:  # the first round warms up
-                plain_t.append(t1 - t0)
-                edit_t.append(t2 - t1)
+            for v in VARIANTS:
+                t0 = time.perf_counter()
+                steps[v]()
+                if i:  # the first round warms up
+                    times[v].append(time.perf_counter() - t0)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    del steps
+    memory = {}
+    for v in VARIANTS:
+        cmd = [sys.executable, __file__, "--memory-child", v, "--config", args.config, "--frames", str(args.frames),
+               "--hw", *map(str, args.hw)] + (["--layers", str(args.layers)] if args.layers else [])  # fmt: skip
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout  # noqa: S603
+        memory[v] = json.loads(out.strip().splitlines()[-1])["peak_above_model"]
     tokens = args.frames * args.hw[0] * args.hw[1] // 4
     print(json.dumps({
-        "config": args.config, "layers": cfg["num_layers"], "tokens_per_video": tokens, "threads": torch.get_num_threads(),
-        "plain_step_s": round(statistics.median(plain_t), 4), "imvedit_step_s": round(statistics.median(edit_t), 4),
-        "ratio": round(statistics.median(edit_t) / statistics.median(plain_t), 3),
+        "config": args.config, "layers": args.layers or CONFIGS[args.config]["num_layers"],
+        "tokens_per_video": tokens, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "step_s": {v: round(med[v], 4) for v in VARIANTS},
+        "ratio_imvedit_over_plain": round(med["imvedit"] / med["plain"], 3),
+        "ratio_imvedit_over_vifeedit": round(med["imvedit"] / med["vifeedit"], 3),
+        "ratio_vifeedit_over_plain": round(med["vifeedit"] / med["plain"], 3),
+        "peak_memory_above_model_mb": {v: round(memory[v] / 2**20, 1) for v in VARIANTS},
     }))  # fmt: skip
 
 
