@@ -42,12 +42,16 @@ def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tm
         root = ET.parse(report / "results" / plot).getroot()  # noqa: S314 - a file this test just wrote
         assert root.tag.endswith("svg") and len(root) > 10
 
+    assert results["reused_runs"] == [] and "from scratch" in page
+
     stamps = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/adapter.safetensors")}
     r = runner.invoke(app, args + ["--only", "imvedit,per-frame"])
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
-    rows = json.loads((report / "results" / "results.json").read_text())["rows"]
-    assert [row["name"] for row in rows] == ["imvedit", "per-frame"]
+    again = json.loads((report / "results" / "results.json").read_text())
+    assert [row["name"] for row in again["rows"]] == ["imvedit", "per-frame"]
+    assert again["reused_runs"] == ["imvedit"] and "reusing 1 run" in (report / "results.md").read_text()
+    assert again["training_seconds"] == by["imvedit"]["training_seconds"]
 
 
 def test_unknown_variants_and_a_missing_report_are_one_line_errors(tmp_path):

@@ -59,7 +59,7 @@ def build(args, variant: str, base: WanTransformer3DModel | None = None):
     t = torch.tensor([500.0, 500.0])
     if variant == "plain":
         return (lambda: base(x, t, text, return_dict=False)), base
-    adapter = ImVideoEditAdapter.for_base(base, arch=variant)
+    adapter = ImVideoEditAdapter.for_base(base, arch=variant, rank=args.rank)
     with torch.no_grad():
         for prm in adapter.parameters():  # non-zero weights: no shortcut through zero-initialised maps
             prm.normal_(0, 0.02)
@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=5, help="latent frames")
     p.add_argument("--hw", type=int, nargs=2, default=(16, 16), help="latent height and width")
     p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--rank", type=int, default=32, help="the adapters' rank (the bundled toy recipe uses 16)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -119,13 +120,26 @@ def main() -> None:
     del steps
     memory = {}
     for v in VARIANTS:
-        cmd = [sys.executable, __file__, "--memory-child", v, "--config", args.config, "--frames", str(args.frames),
-               "--hw", *map(str, args.hw)] + (["--layers", str(args.layers)] if args.layers else [])  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            v,
+            "--config",
+            args.config,
+            "--frames",
+            str(args.frames),
+            "--hw",
+            *map(str, args.hw),
+            "--rank",
+            str(args.rank),
+        ]
+        cmd += ["--layers", str(args.layers)] if args.layers else []  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout  # noqa: S603
         memory[v] = json.loads(out.strip().splitlines()[-1])["peak_above_model"]
     tokens = args.frames * args.hw[0] * args.hw[1] // 4
     print(json.dumps({
-        "config": args.config, "layers": args.layers or CONFIGS[args.config]["num_layers"],
+        "config": args.config, "layers": args.layers or CONFIGS[args.config]["num_layers"], "rank": args.rank,
         "tokens_per_video": tokens, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "step_s": {v: round(med[v], 4) for v in VARIANTS},
         "ratio_imvedit_over_plain": round(med["imvedit"] / med["plain"], 3),
