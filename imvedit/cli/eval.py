@@ -62,7 +62,7 @@ def eval_(
         None, "--adapter", help="Adapter for --bench/--manifest edits (default: the bundled one)."
     ),
     clips: int | None = typer.Option(
-        None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16 for --bench, 8 for --suite]"
+        None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16]"
     ),
     seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
     frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),

@@ -80,7 +80,7 @@ class SuiteConfig:
     train_steps: int | None = None  # optimiser steps per variant (default 600: 5 epochs of 2,000 pairs; quick: 4)
     batch_size: int | None = None  # pairs (or clips) per step (default 16; quick: 2)
     pairs: int | None = None  # image pairs, and as many video clips, rendered for training (default 2000)
-    clips: int | None = None  # held-out clips each variant edits (default 8; quick: 1)
+    clips: int | None = None  # held-out clips each variant edits (default 16, as the toy bench; quick: 1)
     eval_steps: int | None = None  # denoising steps per edit (default 20; quick: 3)
     seed: int = 0  # training seed and held-out clip seed
     only: tuple[str, ...] = ()  # run these variants only (the page then has only their rows)
@@ -104,7 +104,7 @@ class SuiteConfig:
             "batch_size": self.batch_size or (2 if q else 16),
             "pairs": self.pairs or (16 if q else 2000),
             "video_clips": self.pairs or (4 if q else 2000),
-            "clips": self.clips or (1 if q else 8),
+            "clips": self.clips or (1 if q else 16),
             "eval_steps": self.eval_steps or (3 if q else 20),
         }
 
