@@ -61,9 +61,7 @@ def eval_(
     adapter: str | None = typer.Option(
         None, "--adapter", help="Adapter for --bench/--manifest edits (default: the bundled one)."
     ),
-    clips: int | None = typer.Option(
-        None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16]"
-    ),
+    clips: int | None = typer.Option(None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16]"),
     seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
     frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),
     size: int = typer.Option(64, "--size", help="--bench: canvas size in pixels."),
