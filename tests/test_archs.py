@@ -135,25 +135,3 @@ def test_video_pairs_train_concat_and_every_arch_edits_through_the_cli(tmp_path)
     assert r.exit_code == 2 and "per-frame" in r.output
     r = runner.invoke(app, ["train", str(pairs), "-o", str(tmp_path / "x"), "--arch", "sdedit"])
     assert r.exit_code == 2 and "no training" in r.output and not (tmp_path / "x").exists()
-
-
-def test_source_keys_are_reused_across_steps_and_recomputed_when_the_adapter_changes(tiny_base):
-    base = tiny_base.transformer
-    adapter = randomize_adapter(ImVideoEditAdapter.for_base(base))
-    model = ImVideoEditTransformer(base, adapter)
-    x, src, text, gate_text = inputs(frames=3)
-    calls = []
-    adapter.sda["0"].branches["pos"]["k"].register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
-    with torch.no_grad():
-        features = model.encode_source(src, torch.zeros(1, 7, 16))
-        first = model(x, T, text, features, gate_text)
-        assert len(calls) == 2 and features.derived  # target and source tokens; the source's kept
-        second = model(x, T, text, features, gate_text)
-        assert len(calls) == 3 and torch.equal(first, second)  # only the target's: the source's reused
-        randomize_adapter(adapter, seed=2)  # new weights (in place, as an optimiser step): recomputed
-        third = model(x, T, text, features, gate_text)
-        assert len(calls) == 5
-        fresh = model(x, T, text, model.encode_source(src, torch.zeros(1, 7, 16)), gate_text)
-        assert torch.equal(third, fresh)
-    model(x, T, text, features, gate_text)  # with gradients (training): always computed, nothing stored
-    assert len(calls) == 9

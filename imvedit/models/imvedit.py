@@ -119,26 +119,7 @@ class SpatialDifferenceAttention(nn.Module):
         h = h * (1 + scale) + shift
         return torch.sigmoid(self.gate_out(F.silu(h)))
 
-    def _source_kv(self, attn, name: str, src, grid, rope2d, cache: dict | None):
-        """One branch's keys (normed, rotated) and values over the source tokens, per frame. They depend on
-        the source and the adapter only, so at inference they are computed at the first step and reused by
-        every later one (`cache`, keyed by the branch's weight versions so an updated adapter recomputes)."""
-        branch = self.branches[name]
-        if cache is not None:
-            version = tuple(p._version for p in (*branch["k"].parameters(), *branch["v"].parameters()))
-            hit = cache.get(name)
-            if hit is not None and hit[0] == version and hit[1].shape[0] == src["k"].shape[0] * grid[0]:
-                return hit[1], hit[2]
-        b = src["k"].shape[0]
-        f, h, w = grid
-        k = attn.norm_k(src["k"] + branch["k"](src["mod"]))  # RMS norm per token: the same as over [source, target]
-        k = _rope(k.reshape(b * f, h * w, attn.heads, -1), *rope2d)
-        v = (src["v"] + branch["v"](src["mod"])).reshape(b * f, h * w, attn.heads, -1)
-        if cache is not None:
-            cache[name] = (version, k, v)
-        return k, v
-
-    def attend(self, attn, x_mod, frozen, src, grid, rope2d, cache: dict | None = None) -> list[torch.Tensor]:
+    def attend(self, attn, x_mod, frozen, src, grid, rope2d) -> list[torch.Tensor]:
         """Every branch's per-frame attention in one call (the branches stacked on the batch axis); returns
         each branch's output (batch, tokens, inner), before the output projection."""
         b, n, _ = x_mod.shape
@@ -148,18 +129,21 @@ class SpatialDifferenceAttention(nn.Module):
             return t.reshape(b * f, h * w, attn.heads, -1)
 
         qs, ks, vs = [], [], []
-        for name, branch in self.branches.items():
+        for branch in self.branches.values():
             q = attn.norm_q(frozen["q"] + branch["q"](x_mod))
             k_x = attn.norm_k(frozen["k"] + branch["k"](x_mod))
             v_x = frozen["v"] + branch["v"](x_mod)
-            k_s, v_s = self._source_kv(attn, name, src, grid, rope2d, cache)
+            # the source's keys and values through this branch; RMS norm is per token, so norming the source
+            # and target keys apart is the same as norming [source, target]
+            k_s = _rope(per_frame(attn.norm_k(src["k"] + branch["k"](src["mod"]))), *rope2d)
+            v_s = per_frame(src["v"] + branch["v"](src["mod"]))
             qs.append(_rope(per_frame(q), *rope2d))
             ks.append(torch.cat([k_s, _rope(per_frame(k_x), *rope2d)], dim=1))
             vs.append(torch.cat([v_s, per_frame(v_x)], dim=1))
         out = dispatch_attention_fn(torch.cat(qs), torch.cat(ks), torch.cat(vs))  # (branches*b*f, hw, heads, hd)
         return [o.flatten(2, 3).type_as(x_mod).reshape(b, n, -1) for o in out.chunk(len(qs))]
 
-    def forward(self, attn, x_mod, frozen, src, x_ln, grid, rope2d, temb, text, cache: dict | None = None):
+    def forward(self, attn, x_mod, frozen, src, x_ln, grid, rope2d, temb, text):
         """Returns (update, g): what to add to the target tokens (batch, tokens, dim) and the gate.
 
         With `gate_mix` the gate chooses per token between changing (g: the attention branches) and
@@ -168,11 +152,11 @@ class SpatialDifferenceAttention(nn.Module):
         """
         w_out = attn.to_out[0].weight
         if "pos" in self.branches:
-            a_pos, a_neg = self.attend(attn, x_mod, frozen, src, grid, rope2d, cache)
+            a_pos, a_neg = self.attend(attn, x_mod, frozen, src, grid, rope2d)
             # The frozen output projection is linear: one matmul on the difference, and its bias cancels.
             delta = F.linear(a_pos - a_neg, w_out) + self.branches["pos"]["o"](a_pos) - self.branches["neg"]["o"](a_neg)
         else:
-            (a,) = self.attend(attn, x_mod, frozen, src, grid, rope2d, cache)
+            (a,) = self.attend(attn, x_mod, frozen, src, grid, rope2d)
             delta = self.branches["delta"]["o"](a)
         g = self.gate(x_ln, src["ln"], temb, text)
         if self.aligned is None:
@@ -382,9 +366,6 @@ class SourceFeatures:
 
     blocks: dict[int, dict[str, torch.Tensor]]
     grid: tuple[int, int, int]
-    # per block, what the adapter derives from the source alone (SDA keys/values), filled at the first
-    # denoising step and reused by the others; never copied by `repeat`/`cat` (a new batch, a new cache)
-    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -469,8 +450,6 @@ class SDAProcessor:
             rope2d,
             cast(st.temb),
             None if st.gate_text is None else cast(st.gate_text),
-            # inference: the source's keys/values are reused across steps; training recomputes (gradients)
-            None if torch.is_grad_enabled() else st.source.derived.setdefault(self.index, {}),
         )
         if st.collect_gates:  # kept in the graph when training supervises the gate (train.gate_supervision)
             st.gates.append(g.float())
