@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 from diffusers import WanPipeline
+from peak_memory import peak_above_start
 
 from imvedit.models.bases import load_base
 from imvedit.models.imvedit import ImVideoEditAdapter
@@ -63,23 +64,9 @@ def _length(base) -> int:
     return sequence_length(base.tokenizer)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def memory_child(args, variant: str) -> None:
     run = build(args, variant)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        before = _status_kb("VmRSS") * 1024
-    run()
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _status_kb("VmHWM") * 1024
-    print(json.dumps({"variant": variant, "peak_above_models": peak - before}))
+    print(json.dumps({"variant": variant, "peak_above_models": peak_above_start(run)}))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import time
 
 import torch
 from diffusers import WanTransformer3DModel
+from peak_memory import peak_above_start
 
 from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 
@@ -69,27 +70,16 @@ def build(args, variant: str, base: WanTransformer3DModel | None = None):
     return (lambda: model(x, t, text, features, pooled)), base
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 @torch.no_grad()
 def memory_child(args, variant: str) -> None:
     step, _ = build(args, variant)
     step()  # the first call allocates the kernels' workspaces; steady state is what is compared
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        before = _status_kb("VmRSS") * 1024
-    for _ in range(3):
-        step()
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _status_kb("VmHWM") * 1024
-    print(json.dumps({"variant": variant, "peak_above_model": peak - before}))
+
+    def three_steps():
+        for _ in range(3):
+            step()
+
+    print(json.dumps({"variant": variant, "peak_above_model": peak_above_start(three_steps)}))
 
 
 def main() -> None:

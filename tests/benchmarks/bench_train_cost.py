@@ -24,6 +24,7 @@ import time
 import torch
 from bench_step_cost import CONFIGS
 from diffusers import WanTransformer3DModel
+from peak_memory import peak_above_start
 
 from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from imvedit.training.flow_matching import flow_matching_loss
@@ -68,29 +69,19 @@ def step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def memory_child(args, variant: str) -> None:
     """One variant alone: build it, then take `--steps` steps and report the peak memory they needed
     above the built model: activations, gradients and optimiser state (what differs between variants).
     CPU: the kernel's peak resident set (VmHWM), reset after the build; CUDA: the allocator's peak."""
     device = torch.device(args.device)
     model, optimizer, batch, trainable = build(args, variant, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        before = _status_kb("VmRSS") * 1024
-    for _ in range(args.steps):
-        step(model, optimizer, batch)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kb("VmHWM") * 1024
-    print(json.dumps({"variant": variant, "peak_above_model": peak - before, "trainable": trainable}))
+
+    def steps():
+        for _ in range(args.steps):
+            step(model, optimizer, batch)
+
+    extra = peak_above_start(steps, cuda=device.type == "cuda")
+    print(json.dumps({"variant": variant, "peak_above_model": extra, "trainable": trainable}))
 
 
 def main() -> None:
