@@ -422,10 +422,18 @@ def scatter_svg(rows: list[dict]) -> str:
                 out.append(f'<text x="{px(v):.1f}" y="{h - bottom + 14}" text-anchor="middle">{v:g}</text>')
     for yv in range(math.ceil(y0), math.floor(y1) + 1):
         out.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv}</text>')
-    for x, y, r in pts:
+    placed: list[tuple[float, float, float]] = []  # label boxes (start, end, baseline) already drawn
+    for x, y, r in sorted(pts, key=lambda p: -p[1]):
         c = GROUP_COLOURS.get(r["group"], "black")
-        out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{c}"/>')
-        out.append(f'<text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{_esc(r["name"])}</text>')
+        cx, cy = px(x), py(y)
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{c}"/>')
+        start, end, base = cx + 6, cx + 6 + 6.2 * len(r["name"]), cy + 4
+        while any(start < e2 and end > s2 and abs(base - b2) < 12 for s2, e2, b2 in placed):
+            base += 12  # a label would overlap another: move it down a line
+        placed.append((start, end, base))
+        if base - (cy + 4) > 1:  # a leader from the moved label back to its point
+            out.append(f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{start:.1f}" y2="{base - 4:.1f}" stroke="#bbb"/>')
+        out.append(f'<text x="{start:.1f}" y="{base:.1f}">{_esc(r["name"])}</text>')
     for i, (g, c) in enumerate(GROUP_COLOURS.items()):
         out.append(f'<circle cx="{w - right + 30}" cy="{top + 20 + 16 * i}" r="4" fill="{c}"/>')
         out.append(f'<text x="{w - right + 40}" y="{top + 24 + 16 * i}">{g}</text>')
