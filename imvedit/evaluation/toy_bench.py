@@ -197,7 +197,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         "bench": "toy",
         "model": base.name,
         "adapter": adapter,
-        "arch": config.arch or (loaded.config.arch if loaded is not None else "sdedit"),
+        # None: the base alone from noise (no adapter, no --arch)
+        "arch": config.arch or (loaded.config.arch if loaded is not None else None),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "report"},
         "overall": aggregate(per_clip),
         "per_kind": {
