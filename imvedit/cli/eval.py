@@ -100,8 +100,8 @@ def eval_(
             fail(UsageError("--suite needs --report DIR for results.md and its plots.", "Add --report docs."))
         names = tuple(n.strip() for n in only.split(",") if n.strip()) if only else ()
         scfg = SuiteConfig(
-            report, work or report / ".suite-work", quick, train_steps, None, None, clips,
-            steps, seed, names, model or "shapes-wan",
+            report=report, work=work or report / ".suite-work", quick=quick, train_steps=train_steps, clips=clips,
+            eval_steps=steps, seed=seed, only=names, model=model or "shapes-wan",
         )  # fmt: skip
         result = run(lambda: run_suite(scfg, log=None if json_out else lambda m: err_console.print(f"suite: {m}")))
         emit(result, json_out, result_summary(result) + f"\npage: {report / 'results.md'}")
@@ -113,20 +113,9 @@ def eval_(
             fail(UsageError(f"Unknown bench {bench!r}.", "Use --bench toy."))
         kinds = tuple(k.strip() for k in edits.split(",") if k.strip()) if edits else ()
         cfg = ToyBenchConfig(
-            model,
-            adapter,
-            clips or 16,
-            seed,
-            frames,
-            size,
-            kinds,
-            steps or 20,
-            guidance,
-            prompt,
-            report,
-            arch,
-            strength,
-        )
+            model=model, adapter=adapter, clips=clips or 16, seed=seed, frames=frames, size=size, edits=kinds,
+            steps=steps or 20, guidance=guidance, prompt=prompt, report=report, arch=arch, strength=strength,
+        )  # fmt: skip
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))
         emit(result, json_out, _bench_table(result))

@@ -112,10 +112,12 @@ class SuiteConfig:
 
 def _prepared(work: Path, frames: int, limit: int, seed: int, model: str, log: Callable[[str], None]) -> Path:
     """Shapes-world training pairs (frames = 1) or clips, cached for `model`; reused when already made."""
+    from ..data.cache import base_id, read_cache_meta
     from ..data.pairs import PrepareConfig, prepare
 
     out = work / f"pairs-{'images' if frames == 1 else f'videos{frames}'}-{limit}-seed{seed}"
-    if (out / "manifest.jsonl").is_file() and (out / "cache" / "meta.json").is_file():
+    meta = read_cache_meta(out) if (out / "manifest.jsonl").is_file() else None
+    if meta is not None and meta["key"]["base"] == base_id(model):  # made whole, for this base
         return out
     log(f"rendering {limit} {'image pairs' if frames == 1 else f'{frames}-frame video pairs'}")
     prepare(PrepareConfig("toy", out, limit=limit, seed=seed, cache_model=model, toy_frames=frames, overwrite=True))
@@ -139,7 +141,7 @@ def _train(variant: Variant, pairs: Path, run_dir: Path, opts: dict, config: Sui
 
 def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> dict:
     """Train and evaluate every variant, then write the page. Returns what results.json holds."""
-    from .toy_bench import ToyBenchConfig, run_toy_bench
+    from .toy_bench import BENCH_METRICS, ToyBenchConfig, run_toy_bench
 
     config.validate()
     log = log or (lambda msg: None)
@@ -178,11 +180,8 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
                 "about": v.about,
                 "arch": result["arch"],
                 "data": v.data,
-                **{k: result["overall"][k] for k in ("edit_psnr", "edit_region_psnr", "preserve_psnr")},
-                "temporal_error": result["overall"]["temporal_error"],
+                **{k: result["overall"][k] for k in BENCH_METRICS if k != "gate_iou"},
                 "gate_iou": result["local"]["gate_iou"] if result["local"]["clips"] else None,
-                "edit_psnr_ceiling": result["overall"]["edit_psnr_ceiling"],
-                "temporal_error_floor": result["overall"]["temporal_error_floor"],
                 "trainable_parameters": s["trainable_parameters"] if s else 0,
                 "training_seconds": s["seconds"] if s else 0.0,
                 "seen": s["pairs_seen"] if s else 0,
@@ -194,7 +193,13 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
     results = {
         "suite": "paper",
         "quick": config.quick,
-        "options": {**opts, "seed": config.seed, "model": config.model, "frames": 17, "size": 64},
+        "options": {
+            **opts,
+            "seed": config.seed,
+            "model": config.model,
+            "frames": ToyBenchConfig.frames,
+            "size": ToyBenchConfig.size,
+        },
         "recipe": {**RECIPE, "adapter": RECIPE_SWITCHES},
         "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

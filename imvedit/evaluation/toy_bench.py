@@ -136,11 +136,9 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
     config.validate()
     start = time.time()
-    # an adapter names its own base; without either, the bundle
-    model = config.model or (None if config.adapter and config.arch != "sdedit" else SHAPES_WAN)
+    # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
+    model = config.model or (None if config.adapter else SHAPES_WAN)
     adapter = config.adapter or (str(SHAPES_WAN_ADAPTER) if model == SHAPES_WAN else None)
-    if config.arch == "sdedit":
-        adapter = None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, loaded = load_model(model, adapter, device, torch.float32, config.arch)
     pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded)
@@ -196,7 +194,7 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
     result = {
         "bench": "toy",
         "model": base.name,
-        "adapter": adapter,
+        "adapter": adapter if loaded is not None else None,
         # None: the base alone from noise (no adapter, no --arch)
         "arch": config.arch or (loaded.config.arch if loaded is not None else None),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "report"},

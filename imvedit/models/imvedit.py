@@ -556,13 +556,13 @@ class ImVideoEditTransformer(nn.Module):
             for i, block in enumerate(base.blocks):
                 lora = adapter.attn_lora[str(i)]
                 for name, proj in (("q", block.attn1.to_q), ("k", block.attn1.to_k), ("v", block.attn1.to_v)):
-                    self._handles.append(proj.register_forward_hook(self._add_ffn_lora(lora[name])))
-                self._handles.append(block.attn1.to_out[0].register_forward_hook(self._add_ffn_lora(lora["o"])))
+                    self._handles.append(proj.register_forward_hook(self._add_lora(lora[name])))
+                self._handles.append(block.attn1.to_out[0].register_forward_hook(self._add_lora(lora["o"])))
         if adapter.ffn is not None:
             for i, block in enumerate(base.blocks):
                 lora = adapter.ffn[str(i)]
-                self._handles.append(block.ffn.net[0].proj.register_forward_hook(self._add_ffn_lora(lora["in"])))
-                self._handles.append(block.ffn.net[2].register_forward_hook(self._add_ffn_lora(lora["out"])))
+                self._handles.append(block.ffn.net[0].proj.register_forward_hook(self._add_lora(lora["in"])))
+                self._handles.append(block.ffn.net[2].register_forward_hook(self._add_lora(lora["out"])))
 
     # -- hooks ------------------------------------------------------------------------------------
     def _on_base_input(self, module, args, kwargs):
@@ -604,7 +604,7 @@ class ImVideoEditTransformer(nn.Module):
         src = self.state.source.blocks[-1]["latents"]
         return output + self.adapter.patch_in(src.to(self.adapter.patch_in.weight.dtype)).type_as(output)
 
-    def _add_ffn_lora(self, lora: LowRank):
+    def _add_lora(self, lora: LowRank):
         """A low-rank update added to a frozen linear layer's output in the edit passes (FFN, concat's attn1)."""
 
         def hook(module, args, output):
@@ -650,8 +650,12 @@ class ImVideoEditTransformer(nn.Module):
     @staticmethod
     def _fold(x: torch.Tensor) -> torch.Tensor:
         """(b, c, f, h, w) -> (b * f, c, 1, h, w): every frame its own one-frame video (per-frame)."""
-        b, c, f, h, w = x.shape
-        return x.permute(0, 2, 1, 3, 4).reshape(b * f, c, 1, h, w)
+        return x.transpose(1, 2).flatten(0, 1).unsqueeze(2)
+
+    @staticmethod
+    def _unfold(x: torch.Tensor, batch: int) -> torch.Tensor:
+        """The inverse of `_fold`: (b * f, c, 1, h, w) -> (b, c, f, h, w)."""
+        return x.squeeze(2).unflatten(0, (batch, -1)).transpose(1, 2)
 
     @torch.no_grad()
     def encode_source(self, source_latents: torch.Tensor, empty_text: torch.Tensor) -> SourceFeatures:
@@ -716,9 +720,7 @@ class ImVideoEditTransformer(nn.Module):
             out = self.base(torch.cat([latents, src], dim=2), timestep, encoder_hidden_states, return_dict=False)[0]
             return out[:, :, :f]
         out = self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
-        if per_frame:
-            out = out.reshape(b, f, *out.shape[1:2], *out.shape[3:]).permute(0, 2, 1, 3, 4)
-        return out
+        return self._unfold(out, b) if per_frame else out
 
     def last_gate_map(self) -> torch.Tensor | None:
         """The gate of the last forward with `collect_gates`, averaged over blocks: (batch, f, h, w); None

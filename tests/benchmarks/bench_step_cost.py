@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+import yaml
 from diffusers import WanTransformer3DModel
 from peak_memory import peak_above_start
 
@@ -60,7 +61,8 @@ def build(args, variant: str, base: WanTransformer3DModel | None = None):
     t = torch.tensor([500.0, 500.0])
     if variant == "plain":
         return (lambda: base(x, t, text, return_dict=False)), base
-    adapter = ImVideoEditAdapter.for_base(base, arch=variant, rank=args.rank)
+    switches = dict(args.switch) if variant == "imvedit" else {}
+    adapter = ImVideoEditAdapter.for_base(base, arch=variant, rank=args.rank, **switches)
     with torch.no_grad():
         for prm in adapter.parameters():  # non-zero weights: no shortcut through zero-initialised maps
             prm.normal_(0, 0.02)
@@ -68,6 +70,11 @@ def build(args, variant: str, base: WanTransformer3DModel | None = None):
     with torch.no_grad():
         features = model.encode_source(src, torch.zeros(1, 64, cfg["text_dim"])).repeat(2)  # once per video
     return (lambda: model(x, t, text, features, pooled)), base
+
+
+def _switch(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    return key, yaml.safe_load(value)  # numbers and booleans as such
 
 
 @torch.no_grad()
@@ -90,6 +97,10 @@ def main() -> None:
     p.add_argument("--hw", type=int, nargs=2, default=(16, 16), help="latent height and width")
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--rank", type=int, default=32, help="the adapters' rank (the bundled toy recipe uses 16)")
+    p.add_argument(
+        "--switch", type=_switch, action="append", default=[],
+        help="an adapter switch for the imvedit variant, e.g. branches=zero_out (repeatable)",
+    )  # fmt: skip
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -124,12 +135,14 @@ def main() -> None:
             "--rank",
             str(args.rank),
         ]
-        cmd += ["--layers", str(args.layers)] if args.layers else []  # fmt: skip
+        cmd += ["--layers", str(args.layers)] if args.layers else []
+        cmd += [f"--switch={k}={v}" for k, v in args.switch]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout  # noqa: S603
         memory[v] = json.loads(out.strip().splitlines()[-1])["peak_above_model"]
     tokens = args.frames * args.hw[0] * args.hw[1] // 4
     print(json.dumps({
         "config": args.config, "layers": args.layers or CONFIGS[args.config]["num_layers"], "rank": args.rank,
+        "switches": dict(args.switch),
         "tokens_per_video": tokens, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "step_s": {v: round(med[v], 4) for v in VARIANTS},
         "ratio_imvedit_over_plain": round(med["imvedit"] / med["plain"], 3),
