@@ -44,6 +44,7 @@ def inputs(batch=1, frames=3, h=8, w=8, seed=0):
         {},
         {"branches": "zero_out"},
         {"ffn_lora": True},
+        {"cross_lora": True},
         {"every_k_blocks": 2},
         {"gate": "none"},
         {"gate": "no_text"},

@@ -34,13 +34,15 @@ FORMAT_VERSION = "1"
 
 # Native adapter names <-> ComfyUI-style names, one pair of rules per kind of weight (tests check that the
 # two tables invert each other for every adapter switch). In ComfyUI's Wan the self-attention is `self_attn`
-# with projections q, k, v, o, and the feed-forward is `ffn.0` (in) and `ffn.2` (out).
+# with projections q, k, v, o, the text cross-attention is `cross_attn` with the same four, and the
+# feed-forward is `ffn.0` (in) and `ffn.2` (out).
 _TO_COMFYUI = (
     (r"^sda\.(\d+)\.branches\.(\w+)\.([qkvo])\.(down|up)\.weight$", r"blocks.\1.self_attn.\2.\3.lora_\4.weight"),
     (r"^sda\.(\d+)\.aligned\.(down|up)\.weight$", r"blocks.\1.aligned.lora_\2.weight"),
     (r"^sda\.(\d+)\.gate_(\w+)\.(weight|bias)$", r"blocks.\1.gate.\2.\3"),
     (r"^ffn\.(\d+)\.in\.(down|up)\.weight$", r"blocks.\1.ffn.0.lora_\2.weight"),
     (r"^ffn\.(\d+)\.out\.(down|up)\.weight$", r"blocks.\1.ffn.2.lora_\2.weight"),
+    (r"^cross\.(\d+)\.([qkvo])\.(down|up)\.weight$", r"blocks.\1.cross_attn.\2.lora_\3.weight"),
     (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
     # arch concat: the source's patch embedding and LoRA on the 3D attention's own projections
     (r"^patch_in\.weight$", r"patch_embedding_source.weight"),
@@ -52,6 +54,7 @@ _FROM_COMFYUI = (
     (r"^blocks\.(\d+)\.gate\.(\w+)\.(weight|bias)$", r"sda.\1.gate_\2.\3"),
     (r"^blocks\.(\d+)\.ffn\.0\.lora_(down|up)\.weight$", r"ffn.\1.in.\2.weight"),
     (r"^blocks\.(\d+)\.ffn\.2\.lora_(down|up)\.weight$", r"ffn.\1.out.\2.weight"),
+    (r"^blocks\.(\d+)\.cross_attn\.([qkvo])\.lora_(down|up)\.weight$", r"cross.\1.\2.\3.weight"),
     (r"^gate_text\.(weight|bias)$", r"gate_text.\1"),
     (r"^patch_embedding_source\.weight$", r"patch_in.weight"),
     (r"^blocks\.(\d+)\.self_attn\.([qkvo])\.lora_(down|up)\.weight$", r"attn_lora.\1.\2.\3.weight"),

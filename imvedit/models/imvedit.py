@@ -198,6 +198,10 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         gate_mix: bool = True,  # g scales the attention branches and 1 - g the aligned (keep) term
         ffn_lora: bool = False,  # low-rank updates on each block's feed-forward too
         ffn_rank: int = 32,  # rank of those updates
+        # low-rank updates on each block's text cross-attention (q, k, v, out): the adapter's own reading of
+        # the prompt, for bases whose frozen cross-attention does not yet draw what the text names
+        cross_lora: bool = False,
+        cross_rank: int = 16,  # rank of those updates
         # "imvedit"; "vifeedit" (two-way source in the sequence); "concat" (source latents on the channels of a
         # widened, zero-initialised patch embedding + LoRA on the 3D attention); "per-frame" (imvedit's adapter
         # run on each frame alone: no attention across frames)
@@ -244,6 +248,23 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             if ffn_lora
             else None
         )
+        self.cross = (
+            nn.ModuleDict(
+                {
+                    str(i): nn.ModuleDict(
+                        {
+                            "q": LowRank(dim, dim, cross_rank),
+                            "k": LowRank(dim, dim, cross_rank),  # the text is projected to `dim` before attn2
+                            "v": LowRank(dim, dim, cross_rank),
+                            "o": LowRank(dim, dim, cross_rank),
+                        }
+                    )
+                    for i in range(num_layers)
+                }
+            )
+            if cross_lora
+            else None
+        )
 
     def validate(self) -> None:
         c = self.config
@@ -257,7 +278,7 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             raise UsageError(f"Unknown source_stream {c.source_stream!r}.", f"Use one of {', '.join(SOURCE_STREAMS)}.")
         if c.source_stream == "two_way" and c.arch not in ("imvedit", "vifeedit"):
             raise UsageError(f"source_stream two_way does not apply to arch {c.arch}.", "Drop source_stream.")
-        for name in ("rank", "aligned_rank", "gate_dim", "ffn_rank", "every_k_blocks", "num_layers"):
+        for name in ("rank", "aligned_rank", "gate_dim", "ffn_rank", "cross_rank", "every_k_blocks", "num_layers"):
             if getattr(c, name) < 1:
                 raise UsageError(f"Adapter option {name} must be at least 1, got {getattr(c, name)}.")
 
@@ -563,6 +584,12 @@ class ImVideoEditTransformer(nn.Module):
                 lora = adapter.ffn[str(i)]
                 self._handles.append(block.ffn.net[0].proj.register_forward_hook(self._add_lora(lora["in"])))
                 self._handles.append(block.ffn.net[2].register_forward_hook(self._add_lora(lora["out"])))
+        if adapter.cross is not None:
+            for i, block in enumerate(base.blocks):
+                lora = adapter.cross[str(i)]
+                for name, proj in (("q", block.attn2.to_q), ("k", block.attn2.to_k), ("v", block.attn2.to_v)):
+                    self._handles.append(proj.register_forward_hook(self._add_lora(lora[name])))
+                self._handles.append(block.attn2.to_out[0].register_forward_hook(self._add_lora(lora["o"])))
 
     # -- hooks ------------------------------------------------------------------------------------
     def _on_base_input(self, module, args, kwargs):
