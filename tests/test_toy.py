@@ -52,7 +52,7 @@ def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
     )
     result = run_toy_bench(cfg)
     assert result["clips"] == 3 and set(result["per_kind"]) <= {"recolor", "global"}
-    for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "temporal_error_floor"):
+    for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "edit_region_psnr_ceiling", "temporal_error_floor"):
         assert result["overall"][key] is not None and math.isfinite(result["overall"][key])
     assert result["overall"]["gate_iou"] is None and result["arch"] is None  # no adapter: the base alone
     assert list(tmp_path.glob("contact_*.png")) and (tmp_path / "metrics.json").is_file()

@@ -8,8 +8,9 @@ of pixels the edit changes, so the bench measures what no real dataset can:
 - `preserve_psnr`: the same outside the mask (was the rest kept; local edits only);
 - `temporal_error`: mean |(y_t - y_{t-1}) - (g_t - g_{t-1})| on [0, 1] pixels (flicker beyond the true motion);
 - `gate_iou`: IoU of the gate map, thresholded at its own mid-range, with the edit mask (local edits only);
-- `edit_psnr_ceiling`, `temporal_error_floor`: the ground truth passed through the VAE and back,
-  the best any edit through this VAE could score.
+- `edit_psnr_ceiling`, `edit_region_psnr_ceiling`, `temporal_error_floor`: the ground truth passed
+  through the VAE and back, the best any edit through this VAE could score (the region ceiling inside
+  the edit mask: what the VAE itself can draw of the edited objects).
 
 Clips are drawn from seeds disjoint from `imvedit prepare toy`'s, so the adapter never saw them.
 """
@@ -39,6 +40,7 @@ BENCH_METRICS = (
     "temporal_error",
     "gate_iou",
     "edit_psnr_ceiling",
+    "edit_region_psnr_ceiling",
     "temporal_error_floor",
 )
 
@@ -175,6 +177,7 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
             "temporal_error": temporal_error(pred, target),
             "gate_iou": gate_iou(out.gate, ex.mask) if local and out.gate is not None else None,
             "edit_psnr_ceiling": psnr(ceiling, target),
+            "edit_region_psnr_ceiling": psnr(ceiling, target, ex.mask) if ex.mask.any() else None,
             "temporal_error_floor": temporal_error(ceiling, target),
         }
         per_clip.append(row)
