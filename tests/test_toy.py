@@ -118,6 +118,7 @@ def test_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
     config["vae"]["steps"] = 2
     config["transformer"].update(steps=2, dataset_clips=4, batch_size=2)
     config["refine"]["vae"]["steps"] = config["refine"]["transformer"]["steps"] = 2  # the refine phase runs too
+    config["refine"]["vae"]["edge_weight"] = 4.0  # the edge-weighted VAE loss runs too
     import yaml
 
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
@@ -128,3 +129,14 @@ def test_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
     assert base.vae.config.scale_factor_spatial == 4 and base.vae.config.patch_size == 4
     assert len(base.vae.config.latents_std) == config["vae"]["z_dim"]
     assert base.tokenizer.unk_token_id not in base.tokenizer("make the circle red").input_ids
+
+
+def test_vae_edge_weights_mark_the_outline_of_a_shape_and_not_a_flat_background():
+    from imvedit.toy.pretrain import _edges, _to_tensor
+    from imvedit.toy.world import Background, Obj, Scene, render
+
+    scene = Scene(Background("flat", "blue", "blue"), [Obj("square", "yellow", 0.5, 0.5, 0.0, 0.0, 0.3)])
+    edges = _edges(_to_tensor(render(scene, 1, 64))[None])[0, 0, 0].numpy()
+    assert edges[:8].sum() == 0 and edges[:, :8].sum() == 0  # flat background far from the square
+    assert edges[32, 32] == 0  # the square's flat inside
+    assert edges[32].sum() > 0 and edges[:, 32].sum() > 0  # its left/right and top/bottom borders
