@@ -248,17 +248,10 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             if ffn_lora
             else None
         )
-        self.cross = (
+        self.cross = (  # attn2's keys and values read the text after the base projects it to `dim`
             nn.ModuleDict(
                 {
-                    str(i): nn.ModuleDict(
-                        {
-                            "q": LowRank(dim, dim, cross_rank),
-                            "k": LowRank(dim, dim, cross_rank),  # the text is projected to `dim` before attn2
-                            "v": LowRank(dim, dim, cross_rank),
-                            "o": LowRank(dim, dim, cross_rank),
-                        }
-                    )
+                    str(i): nn.ModuleDict({p: LowRank(dim, dim, cross_rank) for p in ("q", "k", "v", "o")})
                     for i in range(num_layers)
                 }
             )

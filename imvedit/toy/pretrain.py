@@ -74,8 +74,11 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
         z = posterior.mode()
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
-        weight = 1.0 + c.get("edge_weight", 0.0) * _edges(x)
-        loss = (weight * ((recon - x).abs() + (recon - x) ** 2)).mean() / weight.mean() + c["kl_weight"] * kl
+        err = (recon - x).abs() + (recon - x) ** 2  # L1 + MSE per pixel
+        if c.get("edge_weight"):
+            weight = 1.0 + c["edge_weight"] * _edges(x)
+            err = weight * err / weight.mean()
+        loss = err.mean() + c["kl_weight"] * kl
         if frames > 1 and c.get("consistency_weight"):
             loss = loss + c["consistency_weight"] * _consistency(vae, x, z)
         opt.zero_grad(set_to_none=True)
