@@ -136,21 +136,23 @@ def _seam_ratio(frames: np.ndarray, boundaries: list[int]) -> float:
 def test_long_clip_is_edited_in_windows_without_a_seam():
     """A clip of 3x the model's window, edited in overlapping windows, against the same windows cut hard.
 
-    The bundled toy base (with its edit adapter when the build ships one, else as the text-to-video model
-    it is) draws coherent videos, so frames that share a window change smoothly; a hard
-    cut lets two windows draw the same moment differently. The check: the change across each cut is
-    within 1.5x the median change between other neighbouring frames (the objects move at constant
-    speed, so no frame has a reason to change more than another); the hard-cut control must exceed it.
+    The bundled toy base, run as the text-to-video model it is (no adapter), draws coherent videos, so
+    frames that share a window change smoothly; a hard cut lets two windows draw the same moment
+    differently. The check: the change across each cut is within 1.5x the median change between other
+    neighbouring frames (the objects move at constant speed, so no frame has a reason to change more than
+    another); the hard-cut control must exceed it. With the bundled edit adapter the source holds every
+    window to the same scene, so that even hard cuts hardly show (seam ratio 1.2), and the control could
+    not fail: the windowing is checked on the base alone.
     """
-    from imvedit.models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
+    from imvedit.models.bases import SHAPES_WAN
     from imvedit.toy.world import render, sample_scene
 
-    shipped = str(SHAPES_WAN_ADAPTER) if SHAPES_WAN_ADAPTER.is_file() else None
-    base, adapter = load_model(SHAPES_WAN, shipped, torch.device("cpu"), torch.float32)
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
-    pipe.set_progress_bar_config(disable=True)
+    base, _ = load_model(SHAPES_WAN, None, torch.device("cpu"), torch.float32)
     window = base.window_frames
     video = render(sample_scene(np.random.default_rng(5), n_objects=2), frames=3 * window, size=64)
+
+    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, None)
+    pipe.set_progress_bar_config(disable=True)
 
     def edited(overlap):
         return pipe(video, "make it night", num_inference_steps=10, guidance_scale=3.0, window_size=window,

@@ -68,7 +68,8 @@ SUITES = ("paper",)
 VIDEO_FRAMES = 17  # the clips `concat-video` trains on (17 latent frames: the toy VAE keeps every frame)
 EDIT_HAPPENED_DB = 18.0  # edit_region_psnr above which an edit visibly happened (the embedded-default target)
 
-# The training recipe every variant shares (that of the bundled adapter, imvedit/toy/configs/adapter.yaml)
+# The training recipe every variant shares: the bundled adapter's (imvedit/toy/configs/adapter.yaml) without
+# its `cross_lora`, so that each variant is the paper's components and nothing of ours on top
 RECIPE = {"lr": 5e-4, "cross_attention_text": "mixed", "gate_text": "instruction", "text_dropout": 0.1}
 RECIPE_SWITCHES = {"rank": 16, "aligned_rank": 16, "gate_dim": 32}
 
