@@ -105,6 +105,15 @@ def test_edit_with_no_model_uses_the_bundle_and_edits(tmp_path):
     assert all(frames[t].mean() < 0.5 * source[t].mean() for t in range(9))
 
 
+@bundled
+def test_quiet_edit_prints_no_progress_bars_of_the_libraries(tmp_path, clip):
+    result = runner.invoke(
+        app, ["edit", str(clip), "make it night", "-o", str(tmp_path / "o.mp4"), "--steps", "1", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Loading" not in result.output and "it/s" not in result.output, result.output
+
+
 def test_without_the_bundle_edit_asks_for_a_model(tmp_path, clip, monkeypatch):
     import imvedit.models.bases as bases
 

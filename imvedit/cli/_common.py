@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -56,10 +57,22 @@ def fail(error: ImveditError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+def _silence_library_bars() -> None:
+    """Without our bar, the libraries' own (transformers prints "Loading weights" with tqdm when it loads a
+    text encoder) would be the only noise left on stderr of `-q`, `--json` and batch-script runs."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # transformers reads this when it is first imported
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:  # already imported: switch its own flag too
+            importlib.import_module(f"{name}.utils.logging").disable_progress_bar()
+
+
 @contextmanager
 def progress_bar(description: str, enabled: bool = True):
     """Yields a callback(done, total, **fields) that drives a rich progress bar on stderr."""
     if not enabled or not err_console.is_terminal:
+        _silence_library_bars()
         yield lambda *a, **k: None
         return
     with Progress(
