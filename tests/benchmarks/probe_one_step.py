@@ -13,6 +13,7 @@ toy bench does. Prints one JSON object, overall and per pair `kind` when the man
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -42,11 +43,13 @@ def main() -> None:
     rows = PairsDataset(args.pairs).rows
     items = CachedPairs(args.pairs, rows)
     ids = list(range(args.first, min(args.first + args.count, len(rows))))
+    if not ids:
+        sys.exit(f"{args.pairs} has {len(rows)} pairs: give --first below that.")
     batch = items.collate([items[i] for i in ids])
     source, target = batch["source"], batch["target"]
     changed = changed_tokens(source, target, base.transformer.config.patch_size)
-    _, ph, pw = base.transformer.config.patch_size
-    mask = changed.repeat_interleave(ph, -2).repeat_interleave(pw, -1)[:, None]
+    pt, ph, pw = base.transformer.config.patch_size  # each token's mark spread over the latents it covers
+    mask = changed.repeat_interleave(pt, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)[:, None]
 
     def region_mse(estimate: torch.Tensor) -> torch.Tensor:
         se = ((estimate - target) ** 2).mean(1, keepdim=True)
