@@ -8,7 +8,9 @@ PAIRS_DIR is a folder made by `imvedit prepare ... --cache --model BASE` (the ad
 latents inside the tokens the pair changes (flow_matching.changed_tokens). Copying the source is the
 reference (printed too); an edit that the source and the instruction determine could be estimated near 0
 at sigma 1. With the description of the result as the prompt and the instruction for the gate, as the
-toy bench does. Prints one JSON object, overall and per pair `kind` when the manifest has one. Not a test.
+toy bench does. Also the gate, averaged over blocks, inside and outside the changed tokens: a gate that has
+found where the edit applies opens inside and stays shut outside. Prints one JSON object, overall and per
+pair `kind` when the manifest has one. Not a test.
 """
 
 import argparse
@@ -59,7 +61,8 @@ def main() -> None:
     noisy = (1 - args.sigma) * target + args.sigma * noise
     features = model.encode_source(source, items.empty_text.expand(len(ids), -1, -1))
     timestep = torch.full((len(ids),), 1000.0 * args.sigma)
-    v = model(noisy, timestep, batch["caption"], features, batch["instruction_pooled"])
+    v = model(noisy, timestep, batch["caption"], features, batch["instruction_pooled"], collect_gates=True)
+    gate = model.last_gate_map()
     errors, copy = region_mse(noisy - args.sigma * v), region_mse(source)
     kinds = [rows[i].get("kind") for i in ids]
     per_kind = {
@@ -68,6 +71,18 @@ def main() -> None:
     }
     out = {"pairs": len(ids), "sigma": args.sigma, "error": round(errors.mean().item(), 4),
            "copy_source_error": round(copy.mean().item(), 4), "per_kind": per_kind}  # fmt: skip
+    if gate is not None:  # concat has no gate
+
+        def mean_where(g: torch.Tensor, m: torch.Tensor) -> float | None:  # None where no token qualifies
+            return round(((g * m).sum() / m.sum()).item(), 3) if m.sum() > 0 else None
+
+        def inside_outside(sel: torch.Tensor) -> list[float | None]:
+            return [mean_where(gate[sel], changed[sel]), mean_where(gate[sel], 1 - changed[sel])]
+
+        out["gate_inside_outside"] = inside_outside(torch.ones(len(ids), dtype=torch.bool))
+        out["gate_inside_outside_per_kind"] = {
+            k: inside_outside(torch.tensor([x == k for x in kinds])) for k in per_kind
+        }
     print(json.dumps(out))
 
 
