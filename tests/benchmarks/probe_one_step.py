@@ -65,10 +65,8 @@ def main() -> None:
     gate = model.last_gate_map()
     errors, copy = region_mse(noisy - args.sigma * v), region_mse(source)
     kinds = [rows[i].get("kind") for i in ids]
-    per_kind = {
-        k: round(errors[torch.tensor([x == k for x in kinds])].mean().item(), 4)
-        for k in sorted({k for k in kinds if k is not None})
-    }
+    of_kind = {k: torch.tensor([x == k for x in kinds]) for k in sorted({k for k in kinds if k is not None})}
+    per_kind = {k: round(errors[sel].mean().item(), 4) for k, sel in of_kind.items()}
     out = {"pairs": len(ids), "sigma": args.sigma, "error": round(errors.mean().item(), 4),
            "copy_source_error": round(copy.mean().item(), 4), "per_kind": per_kind}  # fmt: skip
     if gate is not None:  # concat has no gate
@@ -80,9 +78,7 @@ def main() -> None:
             return [mean_where(gate[sel], changed[sel]), mean_where(gate[sel], 1 - changed[sel])]
 
         out["gate_inside_outside"] = inside_outside(torch.ones(len(ids), dtype=torch.bool))
-        out["gate_inside_outside_per_kind"] = {
-            k: inside_outside(torch.tensor([x == k for x in kinds])) for k in per_kind
-        }
+        out["gate_inside_outside_per_kind"] = {k: inside_outside(sel) for k, sel in of_kind.items()}
     print(json.dumps(out))
 
 
