@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from imvedit.cli.main import app
-from imvedit.evaluation.toy_bench import ToyBenchConfig, gate_iou, run_toy_bench
+from imvedit.evaluation.toy_bench import ToyBenchConfig, gate_iou, gate_iou_ceiling, run_toy_bench
 from imvedit.models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, SHAPES_WAN_DIR, load_base
 
 runner = CliRunner()
@@ -46,6 +46,16 @@ def test_gate_iou():
     assert gate_iou(np.where(mask, 0.2, 0.9), mask) == 0.0
 
 
+def test_gate_iou_ceiling_is_what_a_per_token_gate_can_reach():
+    aligned = np.zeros((2, 16, 16), bool)
+    aligned[:, 4:8, 8:12] = True  # exactly one 4-pixel token
+    assert gate_iou_ceiling(aligned, token=4) == 1.0
+    small = np.zeros((2, 16, 16), bool)
+    small[:, 5:7, 9:11] = True  # a quarter of that token: no per-token gate can draw it
+    assert 0.0 < gate_iou_ceiling(small, token=4) < 0.5
+    assert gate_iou_ceiling(small, token=1) == 1.0
+
+
 def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
     cfg = ToyBenchConfig(
         model="tiny-random", clips=3, frames=5, size=32, steps=1, edits=("recolor", "global"), report=tmp_path
@@ -55,6 +65,9 @@ def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
     for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "edit_region_psnr_ceiling", "temporal_error_floor"):
         assert result["overall"][key] is not None and math.isfinite(result["overall"][key])
     assert result["overall"]["gate_iou"] is None and result["arch"] is None  # no adapter: the base alone
+    # the per-token gate's best is scored on local edits even without a gate, and only there
+    assert 0.0 < result["per_kind"]["recolor"]["gate_iou_ceiling"] < 1.0
+    assert result["per_kind"]["global"]["gate_iou_ceiling"] is None
     assert list(tmp_path.glob("contact_*.png")) and (tmp_path / "metrics.json").is_file()
 
 

@@ -8,6 +8,8 @@ of pixels the edit changes, so the bench measures what no real dataset can:
 - `preserve_psnr`: the same outside the mask (was the rest kept; local edits only);
 - `temporal_error`: mean |(y_t - y_{t-1}) - (g_t - g_{t-1})| on [0, 1] pixels (flicker beyond the true motion);
 - `gate_iou`: IoU of the gate map, thresholded at its own mid-range, with the edit mask (local edits only);
+- `gate_iou_ceiling`: the same for a perfect gate at the base's token resolution (each token's share of
+  edited pixels, upsampled as the pipeline upsamples the gate): the best any per-token gate can score;
 - `edit_psnr_ceiling`, `edit_region_psnr_ceiling`, `temporal_error_floor`: the ground truth passed
   through the VAE and back, the best any edit through this VAE could score (the region ceiling inside
   the edit mask: what the VAE itself can draw of the edited objects).
@@ -39,6 +41,7 @@ BENCH_METRICS = (
     "preserve_psnr",
     "temporal_error",
     "gate_iou",
+    "gate_iou_ceiling",
     "edit_psnr_ceiling",
     "edit_region_psnr_ceiling",
     "temporal_error_floor",
@@ -99,6 +102,18 @@ def gate_iou(gate: np.ndarray, mask: np.ndarray) -> float:
         pred = gate > (lo + hi) / 2
     union = np.logical_or(pred, mask).sum()
     return float(np.logical_and(pred, mask).sum() / union) if union else 1.0
+
+
+def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
+    """`gate_iou` of the best gate a base with `token`-pixel tokens can give: each token's share of edited
+    pixels, upsampled to the frames as the pipeline upsamples the gate. The gate is one value per token, so
+    an edit mask smaller than a few tokens cannot be matched exactly; this says how close a gate can get."""
+    f, h, w = mask.shape
+    share = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(share)[None].float(), size=(h, w), mode="bilinear", align_corners=False
+    )
+    return gate_iou(up[0].numpy(), mask)
 
 
 @torch.no_grad()
@@ -176,6 +191,7 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
             "preserve_psnr": psnr(pred, target, ~ex.mask) if local and (~ex.mask).any() else None,
             "temporal_error": temporal_error(pred, target),
             "gate_iou": gate_iou(out.gate, ex.mask) if local and out.gate is not None else None,
+            "gate_iou_ceiling": gate_iou_ceiling(ex.mask, pipe.size_multiple) if local else None,
             "edit_psnr_ceiling": psnr(ceiling, target),
             "edit_region_psnr_ceiling": psnr(ceiling, target, ex.mask) if ex.mask.any() else None,
             "temporal_error_floor": temporal_error(ceiling, target),
