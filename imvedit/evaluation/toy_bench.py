@@ -8,8 +8,8 @@ of pixels the edit changes, so the bench measures what no real dataset can:
 - `preserve_psnr`: the same outside the mask (was the rest kept; local edits only);
 - `temporal_error`: mean |(y_t - y_{t-1}) - (g_t - g_{t-1})| on [0, 1] pixels (flicker beyond the true motion);
 - `gate_iou`: IoU of the gate map, thresholded at its own mid-range, with the edit mask (local edits only);
-- `gate_iou_ceiling`: the same for a perfect gate at the base's token resolution (each token's share of
-  edited pixels, upsampled as the pipeline upsamples the gate): the best any per-token gate can score;
+- `gate_iou_ceiling`: the same for an ideal gate at the base's token resolution (each token's share of
+  edited pixels, upsampled as the pipeline upsamples the gate): what a gate that knew the mask would score;
 - `edit_psnr_ceiling`, `edit_region_psnr_ceiling`, `temporal_error_floor`: the ground truth passed
   through the VAE and back, the best any edit through this VAE could score (the region ceiling inside
   the edit mask: what the VAE itself can draw of the edited objects).
@@ -105,9 +105,10 @@ def gate_iou(gate: np.ndarray, mask: np.ndarray) -> float:
 
 
 def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
-    """`gate_iou` of the best gate a base with `token`-pixel tokens can give: each token's share of edited
-    pixels, upsampled to the frames as the pipeline upsamples the gate. The gate is one value per token, so
-    an edit mask smaller than a few tokens cannot be matched exactly; this says how close a gate can get."""
+    """`gate_iou` of an ideal gate on `token`-pixel tokens: each token's share of edited pixels, upsampled
+    as the pipeline upsamples the gate. The gate is one value per token, so a mask only a few tokens across
+    cannot be traced exactly; this says how close a gate that knew the mask would get. Per frame: a base
+    whose VAE compresses time gates per latent frame, which makes a real gate coarser still."""
     f, h, w = mask.shape
     share = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
     up = torch.nn.functional.interpolate(
