@@ -65,7 +65,7 @@ def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
     for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "edit_region_psnr_ceiling", "temporal_error_floor"):
         assert result["overall"][key] is not None and math.isfinite(result["overall"][key])
     assert result["overall"]["gate_iou"] is None and result["arch"] is None  # no adapter: the base alone
-    # the per-token gate's best is scored on local edits even without a gate, and only there
+    # an ideal gate's score is reported on local edits even without a gate, and only there
     assert 0.0 < result["per_kind"]["recolor"]["gate_iou_ceiling"] < 1.0
     assert result["per_kind"]["global"]["gate_iou_ceiling"] is None
     assert list(tmp_path.glob("contact_*.png")) and (tmp_path / "metrics.json").is_file()

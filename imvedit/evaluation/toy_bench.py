@@ -109,12 +109,12 @@ def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
     as the pipeline upsamples the gate. The gate is one value per token, so a mask only a few tokens across
     cannot be traced exactly; this says how close a gate that knew the mask would get. Per frame: a base
     whose VAE compresses time gates per latent frame, which makes a real gate coarser still."""
+    from ..pipeline.pipeline_imvedit import upsample_gate
+
     f, h, w = mask.shape
     share = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
-    up = torch.nn.functional.interpolate(
-        torch.from_numpy(share)[None].float(), size=(h, w), mode="bilinear", align_corners=False
-    )
-    return gate_iou(up[0].numpy(), mask)
+    up = upsample_gate(torch.from_numpy(share)[None, None], (f, h, w))
+    return gate_iou(up[0, 0].numpy(), mask)
 
 
 @torch.no_grad()

@@ -98,6 +98,12 @@ def window_weights(windows: list[tuple[int, int]], length: int) -> list[torch.Te
     return [w / total[s:e] for (s, e), w in zip(windows, weights, strict=True)]
 
 
+def upsample_gate(gate: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """A gate map on the token grid (batch, 1, f', h', w') to `size` = (frames, height, width), as the
+    pipeline returns it; the toy bench's `gate_iou_ceiling` upsamples its ideal gate the same way."""
+    return F.interpolate(gate.float(), size=size, mode="trilinear", align_corners=False)
+
+
 def video_to_tensor(video) -> torch.Tensor:
     """(frames, h, w, 3) uint8 / float [0, 1] array or tensor, or a list of PIL images -> (1, 3, f, h, w) in [-1, 1]."""
     if isinstance(video, list):
@@ -301,7 +307,6 @@ class ImVideoEditPipeline(DiffusionPipeline):
         frames = ((frames[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)[:num_frames]
         gate = None
         if gate_sum is not None:
-            g = (gate_sum / gate_count).float()  # (1, 1, f', h', w')
-            g = F.interpolate(g, size=(x.shape[2], x.shape[3], x.shape[4]), mode="trilinear", align_corners=False)
+            g = upsample_gate(gate_sum / gate_count, tuple(x.shape[2:5]))  # from (1, 1, f', h', w')
             gate = g[0, 0, :num_frames].cpu().numpy()
         return ImVideoEditPipelineOutput(frames=frames.cpu().numpy(), gate=gate)
