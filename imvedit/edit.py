@@ -26,12 +26,17 @@ from PIL import Image
 
 from .errors import UsageError
 from .fsutil import check_output_path
-from .models.adapter_file import load_adapter, read_adapter_metadata
-from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, load_base
+from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
+from .models.loading import (  # the loader moved; its names stay importable from here
+    ADAPTER_FILE,  # noqa: F401
+    EDIT_ARCHS,
+    EXPORTED_ADAPTER,  # noqa: F401
+    load_model,
+    resolve_adapter_path,
+)
 from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
 
-ADAPTER_FILE = "adapter.safetensors"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Progress = Callable[..., None]  # progress(done, total, info="stage")
 
@@ -155,63 +160,6 @@ def resolve_model(model: str | None, adapter: str | None) -> tuple[str, str | No
             "Pass --model (a diffusers Wan folder, a hub id, or 'tiny-random') and --adapter, or set IMVEDIT_MODEL.",
         )
     return SHAPES_WAN, str(SHAPES_WAN_ADAPTER), "bundle"
-
-
-EXPORTED_ADAPTER = Path("adapter") / "diffusion_pytorch_model.safetensors"  # in an `export --format diffusers` folder
-
-
-def resolve_adapter_path(adapter: str | Path) -> Path:
-    """An adapter file, a run folder or an exported folder (adapter or diffusers format) -> the file."""
-    p = Path(adapter)
-    if p.is_dir() and not (p / ADAPTER_FILE).is_file() and (p / EXPORTED_ADAPTER).is_file():
-        return p / EXPORTED_ADAPTER
-    return p / ADAPTER_FILE if p.is_dir() else p
-
-
-EDIT_ARCHS = ("sdedit", "per-frame")  # what `--arch` may ask of an edit; otherwise the adapter's own arch runs
-
-
-def load_model(
-    model: str | None, adapter: str | None, device: torch.device, dtype: torch.dtype, arch: str | None = None
-) -> tuple[Base, object]:
-    """The base (named, or the one the adapter names) and the adapter, checked against each other.
-
-    `arch`: "sdedit" drops the adapter (noise the source, denoise with the prompt: the untrained baseline);
-    "per-frame" runs an imvedit adapter on every frame alone (the same weights, no attention across frames).
-    """
-    if arch is not None and arch not in EDIT_ARCHS:
-        raise UsageError(
-            f"--arch {arch} is not chosen at edit time.",
-            f"Use {' or '.join(EDIT_ARCHS)}; any other arch is the adapter's own (`imvedit train --arch`).",
-        )
-    if arch == "sdedit":
-        adapter = None
-        model = model or SHAPES_WAN
-    meta = None
-    if adapter is None and model is not None and (Path(model) / EXPORTED_ADAPTER).is_file():
-        adapter = str(Path(model) / EXPORTED_ADAPTER)  # a diffusers export carries its adapter
-    if adapter is not None:
-        adapter_path = resolve_adapter_path(adapter)
-        meta = read_adapter_metadata(adapter_path)
-        model = model or meta["base"]["name"]
-    base = load_base(model, torch_dtype=dtype)
-    loaded = None
-    if adapter is not None:
-        loaded, _ = load_adapter(adapter_path, base.fingerprint)
-    for m in (base.transformer, base.vae, base.text_encoder):
-        m.to(device)
-    if loaded is not None:
-        if arch == "per-frame":
-            if loaded.config.arch not in ("imvedit", "per-frame") or loaded.config.source_stream != "cached":
-                raise UsageError(
-                    f"--arch per-frame runs an imvedit adapter; this one is a {loaded.config.arch} adapter.",
-                    "Drop --arch, or give an adapter trained with --arch imvedit.",
-                )
-            loaded.register_to_config(arch="per-frame")
-        loaded.to(device)
-        if dtype != torch.float32:
-            loaded.to(dtype)
-    return base, loaded
 
 
 def working_size(width: int, height: int, area: int, multiple: int) -> tuple[int, int]:

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .edit import resolve_adapter_path
 from .errors import ImveditError, UsageError
 from .fsutil import check_output_dir, check_output_path, staged_dir
 from .models.adapter_file import (
@@ -38,10 +37,10 @@ from .models.adapter_file import (
     save_adapter,
     to_comfyui_names,
 )
+from .models.loading import ADAPTER_FILE, resolve_adapter_path
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMATS = ("adapter", "diffusers", "comfyui")
-ADAPTER_FILE = "adapter.safetensors"
 EMA_FILE = "adapter_ema.safetensors"  # beside adapter.safetensors in a run trained with --ema-decay
 # The file `DiffusionPipeline.from_pretrained(..., custom_pipeline="pipeline")` reads: no model code, only
 # the installed imvedit's pipeline, so the folder never carries code of its own.

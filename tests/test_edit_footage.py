@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import make_clip, popen_interruptible
 
-from imvedit.edit import load_model
 from imvedit.models.bases import SHAPES_WAN_DIR
+from imvedit.models.loading import load_model
 from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline, temporal_windows, window_weights
 from imvedit.video.io import count_frames, probe, read_video
 

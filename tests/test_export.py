@@ -115,7 +115,7 @@ def test_link_base_references_the_base_instead_of_copying_it(tmp_path, run_adapt
 
 
 def test_edit_uses_a_diffusers_export_as_model_and_adapter(tmp_path, run_adapter):
-    from imvedit.edit import load_model
+    from imvedit.models.loading import load_model
 
     out = tmp_path / "pipe"
     export(ExportConfig(run_adapter, out, "diffusers"))

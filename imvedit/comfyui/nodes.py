@@ -93,7 +93,7 @@ class ImVideoEditLoader:
         }
 
     def load(self, adapter: str, base: str = "", precision: str = "auto"):
-        from ..edit import load_model
+        from ..models.loading import load_model
         from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 
         fp = _folder_paths()

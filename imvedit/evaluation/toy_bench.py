@@ -147,8 +147,8 @@ def contact_sheet(rows: list[np.ndarray], path: Path, max_columns: int = 9) -> P
 
 
 def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    from ..edit import load_model
     from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
+    from ..models.loading import load_model
     from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
     from ..toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
 
