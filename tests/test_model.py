@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import randomize_adapter
 from diffusers import WanTransformer3DModel
 
-from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from imvedit.models.imvedit import BlockSource, ImVideoEditAdapter, ImVideoEditTransformer
 from imvedit.training.flow_matching import flow_matching_loss
 
 WAN21_1_3B = dict(
@@ -162,9 +162,9 @@ def test_cached_and_recomputed_source_features_agree(tiny_base):
             a = model(x, t, text, cached, gate_text)
             b = model(x, t, text, model.encode_source(src, empty), gate_text)
         assert torch.equal(a, b)
-    for i, d in snapshot.items():  # the cache is read, never written
-        for k, v in d.items():
-            assert torch.equal(cached.blocks[i][k], v)
+    for i, block in snapshot.items():  # the cache is read, never written
+        for a, b in zip(cached.blocks[i].tensors(), block.tensors(), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_sda_of_a_frame_reads_only_that_frames_source(tiny_base):
@@ -183,7 +183,7 @@ def test_sda_of_a_frame_reads_only_that_frames_source(tiny_base):
     temb, text = torch.randn(1, dim, generator=g), torch.randn(1, 64, generator=g)
 
     def run(s_mod, s_ln):
-        src = {"mod": s_mod, "k": attn.to_k(s_mod), "v": attn.to_v(s_mod), "ln": s_ln}
+        src = BlockSource(s_ln, s_mod, attn.to_k(s_mod), attn.to_v(s_mod))
         with torch.no_grad():
             update, _ = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
         return update.reshape(frames, h * w, dim)

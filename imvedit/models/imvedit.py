@@ -119,52 +119,87 @@ class SpatialDifferenceAttention(nn.Module):
         h = h * (1 + scale) + shift
         return torch.sigmoid(self.gate_out(F.silu(h)))
 
-    def attend(self, attn, x_mod, frozen, src, grid, rope2d) -> list[torch.Tensor]:
+    def source_kv(self, attn, src: BlockSource, grid, rope2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each branch's source keys (normed, 2D rotary) and values, per frame: (batch*f, hw, heads, head_dim).
+
+        They depend on the source and the adapter's weights only, so inference computes them once per video
+        (`BlockSource.kv`) and training, whose weights change every step, here at every call. RMS norm is
+        per token, so norming the source and target keys apart is the same as norming [source, target]."""
+        if src.kv is not None:
+            return src.kv
+        b, n, _ = src.mod.shape
+        f, h, w = grid
+        out = {}
+        for name, branch in self.branches.items():
+            k = attn.norm_k(src.k + branch["k"](src.mod)).reshape(b * f, h * w, attn.heads, -1)
+            v = (src.v + branch["v"](src.mod)).reshape(b * f, h * w, attn.heads, -1)
+            out[name] = (_rope(k, *rope2d), v)
+        return out
+
+    def attend(self, attn, x_mod, frozen, source_kv, grid, rope2d, backend=None) -> list[torch.Tensor]:
         """Every branch's per-frame attention in one call (the branches stacked on the batch axis); returns
-        each branch's output (batch, tokens, inner), before the output projection."""
+        each branch's output (batch, tokens, inner), before the output projection. A source of batch 1
+        serves every row of `x_mod` (the guidance branches share one source) without being copied."""
         b, n, _ = x_mod.shape
         f, h, w = grid
 
-        def per_frame(t):  # (b, f*hw, inner) -> (b*f, hw, heads, head_dim)
-            return t.reshape(b * f, h * w, attn.heads, -1)
+        def per_frame(t):  # (b, f*hw, inner) -> (b, f, hw, heads, head_dim)
+            return t.reshape(b, f, h * w, attn.heads, -1)
+
+        def with_source(s, t):  # [source | target] keys or values of each frame: (b*f, 2hw, heads, head_dim)
+            s = s.unflatten(0, (-1, f))  # (source batch, f, hw, heads, head_dim); it divides b
+            t = t.unflatten(0, (-1, s.shape[0]))  # (b / source batch, source batch, f, hw, heads, head_dim)
+            return torch.cat([s.expand(t.shape[0], *s.shape), t], dim=3).flatten(0, 2)
 
         qs, ks, vs = [], [], []
-        for branch in self.branches.values():
+        for name, branch in self.branches.items():
             q = attn.norm_q(frozen["q"] + branch["q"](x_mod))
             k_x = attn.norm_k(frozen["k"] + branch["k"](x_mod))
             v_x = frozen["v"] + branch["v"](x_mod)
-            # the source's keys and values through this branch; RMS norm is per token, so norming the source
-            # and target keys apart is the same as norming [source, target]
-            k_s = _rope(per_frame(attn.norm_k(src["k"] + branch["k"](src["mod"]))), *rope2d)
-            v_s = per_frame(src["v"] + branch["v"](src["mod"]))
-            qs.append(_rope(per_frame(q), *rope2d))
-            ks.append(torch.cat([k_s, _rope(per_frame(k_x), *rope2d)], dim=1))
-            vs.append(torch.cat([v_s, per_frame(v_x)], dim=1))
-        out = dispatch_attention_fn(torch.cat(qs), torch.cat(ks), torch.cat(vs))  # (branches*b*f, hw, heads, hd)
+            k_s, v_s = source_kv[name]
+            qs.append(_rope(per_frame(q).flatten(0, 1), *rope2d))
+            ks.append(with_source(k_s, _rope(per_frame(k_x), *rope2d)))
+            vs.append(with_source(v_s, per_frame(v_x)))
+        out = dispatch_attention_fn(torch.cat(qs), torch.cat(ks), torch.cat(vs), backend=backend)
         return [o.flatten(2, 3).type_as(x_mod).reshape(b, n, -1) for o in out.chunk(len(qs))]
 
-    def forward(self, attn, x_mod, frozen, src, x_ln, grid, rope2d, temb, text):
+    def forward(self, attn, x_mod, frozen, src: BlockSource, x_ln, grid, rope2d, temb, text, backend=None):
         """Returns (update, g): what to add to the target tokens (batch, tokens, dim) and the gate.
 
         With `gate_mix` the gate chooses per token between changing (g: the attention branches) and
         keeping the source (1 - g: the aligned difference), so g is where the edit applies. Without
         it the whole difference is scaled by g.
         """
-        w_out = attn.to_out[0].weight
+        kv = self.source_kv(attn, src, grid, rope2d)
         if "pos" in self.branches:
-            a_pos, a_neg = self.attend(attn, x_mod, frozen, src, grid, rope2d)
+            a_pos, a_neg = self.attend(attn, x_mod, frozen, kv, grid, rope2d, backend)
             # The frozen output projection is linear: one matmul on the difference, and its bias cancels.
+            w_out = _compute_weight(attn.to_out[0], a_pos.dtype)
             delta = F.linear(a_pos - a_neg, w_out) + self.branches["pos"]["o"](a_pos) - self.branches["neg"]["o"](a_neg)
         else:
-            (a,) = self.attend(attn, x_mod, frozen, src, grid, rope2d)
+            (a,) = self.attend(attn, x_mod, frozen, kv, grid, rope2d, backend)
             delta = self.branches["delta"]["o"](a)
-        g = self.gate(x_ln, src["ln"], temb, text)
+        s_ln = _rows(src.ln, x_ln.shape[0])
+        g = self.gate(x_ln, s_ln, temb, text)
         if self.aligned is None:
             return g * delta, g
-        keep = self.aligned(src["ln"] - x_ln)
+        keep = self.aligned(s_ln - x_ln)
         if self.gate_mix:
             return g * delta + (1 - g) * keep, g
         return g * (delta + keep), g
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A source of batch 1 broadcasts over n rows as it is; a batch of k (per-frame: one row per frame)
+    repeats to n = m * k rows, in the order the rows are stacked (m branches of k)."""
+    return t if t.shape[0] in (1, n) else t.repeat(n // t.shape[0], *[1] * (t.ndim - 1))
+
+
+def _compute_weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """A frozen layer's weight for a matmul outside its own forward: diffusers' layerwise casting keeps it in
+    fp8 between forwards, so it is cast here as the casting hook would (one layer, transiently)."""
+    w = getattr(linear, "base_layer", linear).weight  # a LoRA-wrapped layer (diffusers/peft) keeps it there
+    return w if w.dtype == dtype else w.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -373,33 +408,96 @@ def _weights_file(name_or_path, kwargs: dict):
 
 
 @dataclass
-class SourceFeatures:
-    """The frozen source stream's per-block tokens, computed once per video and reused for every step,
-    guidance branch and prompt. `blocks[i]` holds `mod` (attn1's input), `k`/`v` (the frozen key/value
-    projections of it, before norm) and `ln` (the layer-normed block input)."""
+class BlockSource:
+    """The frozen source stream's tokens at one block. Training keeps the raw form (`mod`, `k`, `v`: attn1's
+    input and its frozen key/value projections, before norm), because the branches that read it change
+    every step; inference keeps `kv` instead, each branch's source keys and values already through its
+    low-rank update, norm and rotary (`SpatialDifferenceAttention.source_kv`), so a step spends nothing on
+    the source. `ln` (the layer-normed block input) feeds the gate and the aligned term in both."""
 
-    blocks: dict[int, dict[str, torch.Tensor]]
+    ln: torch.Tensor
+    mod: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        pairs = [t for kv in (self.kv or {}).values() for t in kv]
+        return [t for t in (self.ln, self.mod, self.k, self.v, *pairs) if t is not None]
+
+    def to(self, device, non_blocking: bool = False, pin: bool = False) -> BlockSource:
+        def move(t):
+            if t is None:
+                return None
+            t = t.to(device, non_blocking=non_blocking)
+            return t.pin_memory() if pin else t
+
+        kv = None if self.kv is None else {n: (move(k), move(v)) for n, (k, v) in self.kv.items()}
+        return BlockSource(move(self.ln), move(self.mod), move(self.k), move(self.v), kv)
+
+
+@dataclass
+class SourceFeatures:
+    """The frozen source stream of one video (batch, usually 1), computed once and reused for every step,
+    guidance branch and prompt: one `BlockSource` per SDA block. For concat and the two-way stream, whose
+    edit pass reads the source itself, only `latents`. The blocks may live on another device than the
+    model (`--source-cache cpu`: host memory): `block(i, device)` brings each in as its block runs and, on
+    CUDA, the next one meanwhile on a side stream."""
+
+    blocks: dict[int, BlockSource]
     grid: tuple[int, int, int]
+    latents: torch.Tensor | None = None
+    _prefetched: dict = field(default_factory=dict, repr=False)
 
     @property
     def batch_size(self) -> int:
-        return next(iter(next(iter(self.blocks.values())).values())).shape[0]
+        if self.latents is not None:
+            return self.latents.shape[0]
+        return next(iter(self.blocks.values())).ln.shape[0]
 
-    def repeat(self, n: int) -> SourceFeatures:
-        """The same source for n stacked guidance branches (a view when the batch is 1)."""
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for b in self.blocks.values() for t in b.tensors())
 
-        def rep(t):
-            return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t.repeat(n, *[1] * (t.ndim - 1))
+    def block(self, i: int, device: torch.device) -> BlockSource:
+        here = self._prefetched.pop(i, None)
+        if here is None:
+            here = self.blocks[i].to(device)
+        else:
+            torch.cuda.current_stream(device).wait_stream(_side_stream(device))
+            for t in here.tensors():  # used on the main stream: not reused before that work is done
+                t.record_stream(torch.cuda.current_stream(device))
+        later = [j for j in self.blocks if j > i]
+        if device.type == "cuda" and later and self.blocks[later[0]].ln.device != device:
+            with torch.cuda.stream(_side_stream(device)):
+                self._prefetched[later[0]] = self.blocks[later[0]].to(device, non_blocking=True)
+        return here
 
-        return SourceFeatures({i: {k: rep(t) for k, t in d.items()} for i, d in self.blocks.items()}, self.grid)
+    def release_prefetched(self) -> None:
+        self._prefetched.clear()
 
-    @staticmethod
-    def cat(items: list[SourceFeatures]) -> SourceFeatures:
-        first = items[0]
-        return SourceFeatures(
-            {i: {k: torch.cat([it.blocks[i][k] for it in items]) for k in d} for i, d in first.blocks.items()},
-            first.grid,
-        )
+
+@dataclass
+class RecomputedSource:
+    """No cache (`--source-cache recompute`): the source stream runs again inside every edit forward, as
+    extra rows of its batch (clean latents at t = 0 with the empty prompt), and each block reads it there."""
+
+    latents: torch.Tensor  # (1, c, f, h, w): the clean source latents
+    empty_text: torch.Tensor  # (1, tokens, text_dim): the empty prompt's embeddings
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _pinnable(device: torch.device) -> bool:
+    """Host memory is pinned (page-locked) for the cache, so copies to a GPU can overlap compute."""
+    return device.type == "cpu" and torch.cuda.is_available()
+
+
+def _side_stream(device: torch.device):
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
 
 
 @dataclass
@@ -414,7 +512,12 @@ class _PassState:
     temb: torch.Tensor | None = None
     gate_text: torch.Tensor | None = None
     source: SourceFeatures | None = None
-    recording: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    recording: dict[int, BlockSource] = field(default_factory=dict)
+    # record: keep each block's source as `kv` (inference) instead of raw; and where to keep it (None: here)
+    prepare: bool = False
+    store: torch.device | None = None
+    # edit with --source-cache recompute: the last `recompute` rows of the batch are the source stream itself
+    recompute: int = 0
     gates: list[torch.Tensor] = field(default_factory=list)
     collect_gates: bool = False
     fold: int = 1  # per-frame: frames folded into the batch (the gate map unfolds them)
@@ -433,41 +536,73 @@ class SDAProcessor:
         self.frozen: dict[str, torch.Tensor] = {}  # to_q/k/v outputs of this call, stashed by hooks
         self.block_input: torch.Tensor | None = None  # stashed by the block's pre-hook
 
+    # diffusers' `set_attention_backend` sets these on every attention processor: pass them to the block's own
+    # processor, and run the SDA's per-frame attention with the same backend.
+    @property
+    def _attention_backend(self):
+        return getattr(self.inner, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend):
+        self.inner._attention_backend = backend
+
+    @property
+    def _parallel_config(self):
+        return getattr(self.inner, "_parallel_config", None)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kw):
+        try:
+            if self.state.mode == "two_way":
+                return self._two_way(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
+            if self.state.mode == "plain" or self.sda is None:
+                return out
+            return self._sda(attn, hidden_states, out, rotary_emb)
+        finally:  # nothing of this call outlives it: these are the size of the block's activations
+            self.frozen.clear()
+            self.block_input = None
+
+    def _sda(self, attn, hidden_states, out, rotary_emb):
         st = self.state
-        self.frozen.clear()
-        if st.mode == "two_way":
-            return self._two_way(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw)
-        if st.mode == "plain":
-            return out
         for name, proj in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v)):
             if name not in self.frozen:  # fused projections bypass the hooks: compute what is missing
                 self.frozen[name] = proj(hidden_states)
         x_ln = F.layer_norm(self.block_input.float(), self.block_input.shape[-1:]).type_as(hidden_states)
-        if st.mode == "record":
-            st.recording[self.index] = {"mod": hidden_states, "k": self.frozen["k"], "v": self.frozen["v"], "ln": x_ln}
-            return out
         f, h, w = st.grid
         cos, sin = rotary_emb
         rope2d = (cos[:, : h * w], sin[:, : h * w])  # frame 0's positions, for every frame
         dtype = next(self.sda.parameters()).dtype
         cast = lambda t: t.to(dtype)  # noqa: E731 - the adapter may run in a wider dtype than the base
-        src = {k: cast(t) for k, t in st.source.blocks[self.index].items()}
+        if st.mode == "record":
+            raw = BlockSource(x_ln, hidden_states, self.frozen["k"], self.frozen["v"])
+            if st.prepare:  # inference: only what the branches read, already through them
+                raw = BlockSource(cast(x_ln), kv=self.sda.source_kv(attn, raw.to(dtype), st.grid, rope2d))
+            st.recording[self.index] = raw if st.store is None else raw.to(st.store, pin=_pinnable(st.store))
+            return out
+        r = st.recompute  # rows of the source stream at the end of the batch, or 0
+        rows = slice(None, -r) if r else slice(None)
+        if r:  # the source stream of this very forward, through the branches, as a cache would hold it
+            raw = BlockSource(x_ln[-r:], hidden_states[-r:], self.frozen["k"][-r:], self.frozen["v"][-r:])
+            src = BlockSource(cast(raw.ln), kv=self.sda.source_kv(attn, raw.to(dtype), st.grid, rope2d))
+        else:
+            src = st.source.block(self.index, hidden_states.device)
+            src = src if src.kv is not None else src.to(dtype)
         update, g = self.sda(
             attn,
-            cast(hidden_states),
-            {k: cast(t) for k, t in self.frozen.items()},
+            cast(hidden_states[rows]),
+            {k: cast(t[rows]) for k, t in self.frozen.items()},
             src,
-            cast(x_ln),
+            cast(x_ln[rows]),
             st.grid,
             rope2d,
-            cast(st.temb),
+            cast(st.temb[rows]),
             None if st.gate_text is None else cast(st.gate_text),
+            self._attention_backend,
         )
         if st.collect_gates:  # kept in the graph when training supervises the gate (train.gate_supervision)
             st.gates.append(g.float())
-        self.frozen.clear()
+        if r:
+            return torch.cat([out[:-r] + update.type_as(out), out[-r:]])
         return out + update.type_as(out)
 
     def _two_way(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kw):
@@ -502,16 +637,17 @@ class SDAProcessor:
         f, h, w = st.grid
         temb = stacked(st.temb) if st.temb.ndim == 3 else torch.cat([st.temb, st.temb]).to(dtype)
         text = None if st.gate_text is None else torch.cat([st.gate_text, st.gate_text]).to(dtype)
-        src = {"mod": stacked(hidden_states, True), "ln": stacked(x_ln, True)}
-        src.update({k: stacked(self.frozen[k], True) for k in ("k", "v")})
+        src = BlockSource(
+            stacked(x_ln, True), stacked(hidden_states, True), stacked(self.frozen["k"], True),
+            stacked(self.frozen["v"], True),
+        )  # fmt: skip
         frozen = {k: stacked(t) for k, t in self.frozen.items()}
         update, g = self.sda(
             attn, stacked(hidden_states), frozen, src, stacked(x_ln), st.grid, (cos[:, : h * w], sin[:, : h * w]),
-            temb, text,
+            temb, text, self._attention_backend,
         )  # fmt: skip
         if st.collect_gates:
             st.gates.append(g[:b].float())  # the target half's gate
-        self.frozen.clear()
         return out + torch.cat([update[:b], update[b:]], dim=1).type_as(out)
 
 
@@ -591,7 +727,7 @@ class ImVideoEditTransformer(nn.Module):
         # hook) during backward, and they must see the same mode, source, timestep and text.
         st = self.state
         if not st.armed:
-            st.mode, st.source, st.gate_text = "plain", None, None
+            st.mode, st.source, st.gate_text, st.recompute = "plain", None, None, 0
         st.armed = False
         hidden_states = args[0] if args else kwargs["hidden_states"]
         p_t, p_h, p_w = module.config.patch_size
@@ -605,13 +741,16 @@ class ImVideoEditTransformer(nn.Module):
     @staticmethod
     def _stash_block_input(proc: SDAProcessor):
         def hook(module, args):
-            proc.block_input = args[0]
+            if proc.state.mode != "plain":  # a plain pass has no use for it: nothing is kept
+                proc.block_input = args[0]
 
         return hook
 
     @staticmethod
     def _stash_projection(proc: SDAProcessor, name: str):
         def hook(module, args, output):
+            if proc.state.mode == "plain":
+                return
             # two_way calls the projection once per half: the stash holds the whole sequence, in order
             prev = proc.frozen.get(name)
             proc.frozen[name] = output if prev is None else torch.cat([prev, output], dim=1)
@@ -621,7 +760,7 @@ class ImVideoEditTransformer(nn.Module):
     def _add_source_channels(self, module, args, output):
         if self.state.mode != "edit":
             return output
-        src = self.state.source.blocks[-1]["latents"]
+        src = self.state.source.latents
         return output + self.adapter.patch_in(src.to(self.adapter.patch_in.weight.dtype)).type_as(output)
 
     def _add_lora(self, lora: LowRank):
@@ -631,6 +770,9 @@ class ImVideoEditTransformer(nn.Module):
             if self.state.mode not in ("edit", "two_way"):
                 return output
             x = args[0]
+            r = self.state.recompute  # the source stream's rows stay frozen
+            if r:
+                return torch.cat([output[:-r] + lora(x[:-r].to(lora.up.weight.dtype)).type_as(output), output[-r:]])
             return output + lora(x.to(lora.up.weight.dtype)).type_as(output)
 
         return hook
@@ -677,24 +819,40 @@ class ImVideoEditTransformer(nn.Module):
         """The inverse of `_fold`: (b * f, c, 1, h, w) -> (b, c, f, h, w)."""
         return x.squeeze(2).unflatten(0, (batch, -1)).transpose(1, 2)
 
+    @property
+    def caches_source(self) -> bool:
+        """Whether the source is a stream that can be computed once and cached (not concat or two-way)."""
+        return not self._in_sequence
+
     @torch.no_grad()
-    def encode_source(self, source_latents: torch.Tensor, empty_text: torch.Tensor) -> SourceFeatures:
+    def encode_source(
+        self,
+        source_latents: torch.Tensor,
+        empty_text: torch.Tensor,
+        prepare: bool = False,
+        store: torch.device | str | None = None,
+    ) -> SourceFeatures:
         """The frozen source stream: the clean source at timestep 0 with the empty prompt, once. For concat
-        and the two-way stream, the source latents themselves (the edit pass reads them)."""
+        and the two-way stream, the source latents themselves (the edit pass reads them).
+
+        `prepare` (inference): keep each block's source already through the adapter's branches (`BlockSource`),
+        valid while the adapter's weights do not change. `store`: where to keep the blocks (e.g. "cpu" for
+        host memory); each moves there as soon as its block has run, so the device never holds more than one."""
         st = self.state
         if self._in_sequence:
             p_t, p_h, p_w = self.base.config.patch_size
             _, _, f, h, w = source_latents.shape
-            return SourceFeatures({-1: {"latents": source_latents}}, (f // p_t, h // p_h, w // p_w))
+            return SourceFeatures({}, (f // p_t, h // p_h, w // p_w), latents=source_latents)
         if self.arch == "per-frame":
             source_latents = self._fold(source_latents)
-        st.mode, st.recording, st.armed = "record", {}, True
+        st.mode, st.recording, st.armed, st.recompute = "record", {}, True, 0
+        st.prepare, st.store = prepare, None if store is None else torch.device(store)
         try:
             t0 = torch.zeros(source_latents.shape[0], device=source_latents.device)
             self.base(source_latents, t0, empty_text.expand(source_latents.shape[0], -1, -1), return_dict=False)
             return SourceFeatures(dict(st.recording), st.grid)
         finally:
-            st.mode, st.recording, st.armed = "plain", {}, False
+            st.mode, st.recording, st.armed, st.prepare, st.store = "plain", {}, False, False, None
 
     def pool_gate_text(self, text: torch.Tensor) -> torch.Tensor | None:
         """Project pooled instruction embeddings (batch, text_dim) once for every block's gate."""
@@ -707,39 +865,54 @@ class ImVideoEditTransformer(nn.Module):
         latents: torch.Tensor,
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
-        source: SourceFeatures | None = None,
+        source: SourceFeatures | RecomputedSource | None = None,
         gate_text: torch.Tensor | None = None,
         collect_gates: bool = False,
     ) -> torch.Tensor:
-        """Velocity prediction for `latents` (batch, c, f, h, w). `gate_text`: pooled embeddings (batch, text_dim)."""
+        """Velocity prediction for `latents` (batch, c, f, h, w). `gate_text`: pooled embeddings (batch, text_dim).
+
+        `source`: the cached stream (`encode_source`; a batch-1 source serves every row, e.g. the guidance
+        branches), or a `RecomputedSource` whose stream runs inside this forward as extra rows of the batch."""
         st = self.state
         b, _, f = latents.shape[:3]
         per_frame = source is not None and self.arch == "per-frame"
         if per_frame:  # every frame alone: the base's 3D attention never sees two frames together
             latents = self._fold(latents)
-            timestep = timestep.repeat_interleave(f)
+            timestep = timestep.repeat_interleave(f, dim=0)
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(f, dim=0)
             gate_text = None if gate_text is None else gate_text.repeat_interleave(f, dim=0)
-        if source is not None:
-            if source.batch_size != latents.shape[0]:
-                raise ValueError(f"source batch {source.batch_size} != latents batch {latents.shape[0]}")
+        if isinstance(source, SourceFeatures) and latents.shape[0] % source.batch_size:
+            raise ValueError(f"source batch {source.batch_size} does not divide latents batch {latents.shape[0]}")
         two_way = source is not None and self.adapter.config.source_stream == "two_way"
         st.mode = "plain" if source is None else ("two_way" if two_way else "edit")
-        st.source = source
+        st.source = source if isinstance(source, SourceFeatures) else None
         st.gate_text = None if (source is None or gate_text is None) else self.pool_gate_text(gate_text)
         st.collect_gates = collect_gates
         st.gates = []
         st.fold = f if per_frame else 1
+        st.recompute = 0
         st.armed = True
         if two_way:  # [target | source] along frames; the source's tokens at timestep 0
-            src = source.blocks[-1]["latents"].to(latents.dtype)
+            src = source.latents.to(latents.dtype)
             p_t, p_h, p_w = self.base.config.patch_size
             half = f // p_t * (latents.shape[3] // p_h) * (latents.shape[4] // p_w)
             t = timestep.reshape(-1, 1).expand(b, half)
             timestep = torch.cat([t, torch.zeros_like(t)], dim=1)
             out = self.base(torch.cat([latents, src], dim=2), timestep, encoder_hidden_states, return_dict=False)[0]
             return out[:, :, :f]
-        out = self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        if isinstance(source, RecomputedSource):  # the source rows: clean, at t = 0, with the empty prompt
+            src = self._fold(source.latents) if per_frame else source.latents
+            st.recompute = r = src.shape[0]
+            latents = torch.cat([latents, src.to(latents.dtype)])
+            timestep = torch.cat([timestep, timestep.new_zeros((r, *timestep.shape[1:]))])
+            encoder_hidden_states = torch.cat([encoder_hidden_states, source.empty_text.expand(r, -1, -1)])
+        try:
+            out = self.base(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        finally:
+            if st.source is not None:
+                st.source.release_prefetched()
+        if st.recompute:
+            out = out[: -st.recompute]
         return self._unfold(out, b) if per_frame else out
 
     def last_gate_map(self) -> torch.Tensor | None:

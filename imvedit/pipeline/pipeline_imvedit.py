@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..errors import UsageError
-from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, SourceFeatures
+from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, RecomputedSource
 
 
 @dataclass
@@ -33,11 +33,12 @@ class ImVideoEditPipelineOutput(BaseOutput):
     gate: np.ndarray | None  # (frames, height, width) in [0, 1]: where the edit applied; None without adapter
 
 
-DEFAULT_SEQUENCE_LENGTH = 226  # diffusers' Wan pipelines pad prompts to this many tokens
+DEFAULT_SEQUENCE_LENGTH = 512  # Wan was trained on prompts padded to 512 tokens (diffusers' WanPipeline default)
+SOURCE_CACHES = ("device", "cpu", "recompute")
 
 
 def sequence_length(tokenizer, requested: int | None = None) -> int:
-    """Prompt length in tokens: as asked, else 226 capped by the tokenizer's own limit (a toy base says 48)."""
+    """Prompt length in tokens: as asked, else 512 capped by the tokenizer's own limit (a toy base says 48)."""
     if requested is not None:
         return requested
     return min(DEFAULT_SEQUENCE_LENGTH, int(getattr(tokenizer, "model_max_length", DEFAULT_SEQUENCE_LENGTH)))
@@ -119,9 +120,30 @@ def video_to_tensor(video) -> torch.Tensor:
     return (t.permute(3, 0, 1, 2)[None] * 2 - 1).contiguous()
 
 
+@dataclass
+class _Branch:
+    """One guidance branch of a step: its prompt embeddings, pooled gate text and source (or none)."""
+
+    text: torch.Tensor
+    gate_text: torch.Tensor
+    source: str | None  # "source", "null" (the all-zero source of source guidance) or None (the base alone)
+
+
+@dataclass
+class _Expert:
+    """A denoiser of the schedule: a Wan transformer and its adapter (Wan2.2-A14B has two, by noise level)."""
+
+    transformer: WanTransformer3DModel
+    adapter: ImVideoEditAdapter | None
+    model: ImVideoEditTransformer | None = None
+    created: bool = False
+
+
 class ImVideoEditPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["adapter"]
+    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
+    _optional_components = ["adapter", "transformer_2", "adapter_2"]
+    # small, and used inside the transformers' blocks rather than called: they stay on the execution device
+    _exclude_from_cpu_offload = ["adapter", "adapter_2"]
 
     def __init__(
         self,
@@ -131,14 +153,23 @@ class ImVideoEditPipeline(DiffusionPipeline):
         scheduler,
         transformer: WanTransformer3DModel,
         adapter: ImVideoEditAdapter | None = None,
+        transformer_2: WanTransformer3DModel | None = None,
+        adapter_2: ImVideoEditAdapter | None = None,
+        boundary_ratio: float | None = None,
     ):
         super().__init__()
-        identity = getattr(adapter, "base_identity", None)
-        if identity is not None and transformer is not None:
-            from ..models.adapter_file import check_base
-            from ..models.bases import config_fingerprint
+        for a, t in ((adapter, transformer), (adapter_2, transformer_2)):
+            identity = getattr(a, "base_identity", None)
+            if identity is not None and t is not None:
+                from ..models.adapter_file import check_base
+                from ..models.bases import config_fingerprint
 
-            check_base({"base": identity}, config_fingerprint(transformer.config), "The adapter")
+                check_base({"base": identity}, config_fingerprint(t.config), "The adapter")
+        if (transformer_2 is None) != (boundary_ratio is None):
+            raise UsageError(
+                "A second expert needs its boundary_ratio, and a boundary_ratio needs transformer_2.",
+                "Pass both (as in a Wan2.2-A14B model_index.json) or neither.",
+            )
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
@@ -146,9 +177,16 @@ class ImVideoEditPipeline(DiffusionPipeline):
             scheduler=scheduler,
             transformer=transformer,
             adapter=adapter,
+            transformer_2=transformer_2,
+            adapter_2=adapter_2,
         )
+        self.register_to_config(boundary_ratio=boundary_ratio)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
+        # Keep the text encoder off the execution device except while it encodes (UMT5-XXL is 10.6 GiB in bf16),
+        # and with two experts, the one not in use (each 14B expert is 26.6 GiB). Set by `imvedit edit`.
+        self.offload_text_encoder = False
+        self.offload_inactive_expert = False
 
     @property
     def size_multiple(self) -> int:
@@ -180,6 +218,92 @@ class ImVideoEditPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise UsageError(f"steps must be at least 1, got {num_inference_steps}.")
 
+    # -- the pieces of a call ---------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str], device, dtype, max_sequence_length: int | None = None):
+        """UMT5 embeddings and pooled means of `prompts`, on `device`. With `offload_text_encoder` the encoder
+        comes to the device for this and goes back to where it was."""
+        te = self.text_encoder
+        home = te.device
+        move = self.offload_text_encoder and home != device and not hasattr(te, "_hf_hook")
+        if move:
+            te.to(device)
+        try:
+            embeds, pooled = encode_text(self.tokenizer, te, prompts, max_sequence_length)
+        finally:
+            if move:
+                te.to(home)
+        return embeds.to(device, dtype), pooled.to(device, dtype)
+
+    def experts(self) -> list[_Expert]:
+        """The schedule's denoisers, high noise first."""
+        out = [_Expert(self.transformer, self.adapter)]
+        if self.transformer_2 is not None:
+            out.append(_Expert(self.transformer_2, self.adapter_2))
+        return out
+
+    def expert_for(self, t: torch.Tensor) -> int:
+        """Which expert denoises timestep `t`: as diffusers' `WanPipeline`, the first from boundary_ratio *
+        num_train_timesteps up, the second below it."""
+        ratio = self.config.boundary_ratio
+        if ratio is None:
+            return 0
+        return 0 if t >= ratio * self.scheduler.config.num_train_timesteps else 1
+
+    def _activate(self, experts: list[_Expert], k: int, device) -> _Expert:
+        """Attach expert k's adapter (once) and, with `offload_inactive_expert`, bring it onto the device and
+        send the other off."""
+        if self.offload_inactive_expert and len(experts) > 1:
+            for j, e in enumerate(experts):
+                if j != k and e.transformer.device != torch.device("cpu"):
+                    e.transformer.to("cpu")
+            experts[k].transformer.to(device)
+        e = experts[k]
+        if e.adapter is not None and e.model is None:
+            e.model, e.created = ImVideoEditTransformer.attached(e.transformer, e.adapter)
+        return e
+
+    def _source_for(self, expert: _Expert, source: torch.Tensor, empty: torch.Tensor, cache: str):
+        """What a window's edit passes read of the source: cached features (device or host), or the latents
+        to recompute the stream from in every pass."""
+        if cache == "recompute" and expert.model.caches_source:
+            return RecomputedSource(source, empty)
+        store = "cpu" if cache == "cpu" else None
+        return expert.model.encode_source(source, empty, prepare=True, store=store)
+
+    def _predict(self, expert: _Expert, x, t, branches: list[_Branch], sources: dict, cfg_batch: bool):
+        """Every branch's velocity for latents `x` (1, c, f, h, w), and the first branch's gate map. With
+        `cfg_batch` the branches that read the same source run as one batch (it serves them all uncopied);
+        otherwise one after another, each at batch 1."""
+        groups = {}
+        for i, br in enumerate(branches):
+            groups.setdefault(br.source if cfg_batch else i, []).append(i)
+        preds, gate = [None] * len(branches), None
+        for idx in groups.values():
+            n = len(idx)
+            text = torch.cat([branches[i].text for i in idx])
+            x_in, t_in = x.expand(n, -1, -1, -1, -1), t.expand(n)
+            key = branches[idx[0]].source
+            if expert.model is None or key is None:
+                p = expert.transformer(x_in, t_in, text, return_dict=False)[0]
+            else:
+                gate_text = torch.cat([branches[i].gate_text for i in idx])
+                p = expert.model(x_in, t_in, text, sources[key], gate_text, collect_gates=idx[0] == 0)
+                if idx[0] == 0:
+                    gate = expert.model.last_gate_map()  # None for an architecture without a gate (concat)
+            for i, pi in zip(idx, p.float().chunk(n), strict=True):
+                preds[i] = pi
+        return preds, None if gate is None else gate[0:1, None]
+
+    @staticmethod
+    def _guide(preds: list[torch.Tensor], guidance_scale: float, source_guidance_scale: float) -> torch.Tensor:
+        if len(preds) == 1:
+            return preds[0]
+        if len(preds) == 3:  # (prompt, source), (negative, source), (negative, no source)
+            full, img, none = preds
+            return none + source_guidance_scale * (img - none) + guidance_scale * (full - img)
+        full, uncond = preds
+        return uncond + guidance_scale * (full - uncond)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -195,10 +319,18 @@ class ImVideoEditPipeline(DiffusionPipeline):
         max_sequence_length: int | None = None,
         window_size: int | None = None,
         window_overlap: int = 16,
+        source_cache: str = "device",
+        cfg_batch: bool = True,
         callback_on_step_end=None,
     ) -> ImVideoEditPipelineOutput:
         """`window_size`: frames the model sees at once (None: all); `window_overlap`: frames shared by
-        consecutive windows. Both are in video frames and rounded to whole latent frames."""
+        consecutive windows. Both are in video frames and rounded to whole latent frames.
+        `source_cache`: where the source stream's features live while denoising: "device", "cpu" (host
+        memory, each block brought in as it runs) or "recompute" (no cache: the stream runs inside every
+        pass). `cfg_batch`: the guidance branches in one batch (faster) or one after another (less memory).
+        Every choice gives the same frames."""
+        if source_cache not in SOURCE_CACHES:
+            raise UsageError(f"Unknown source_cache {source_cache!r}.", f"Use one of {', '.join(SOURCE_CACHES)}.")
         device = self._execution_device
         x = video_to_tensor(video)
         self.check_inputs(x, prompt, strength, num_inference_steps)
@@ -212,85 +344,69 @@ class ImVideoEditPipeline(DiffusionPipeline):
 
         # 1. Text
         texts = [prompt, gate_prompt or prompt, "", negative_prompt]
-        embeds, pooled = encode_text(self.tokenizer, self.text_encoder, texts, max_sequence_length)
-        embeds, pooled = embeds.to(device, dtype), pooled.to(device, dtype)
+        embeds, pooled = self.encode_prompts(texts, device, dtype, max_sequence_length)
         cond, gate_cond, empty, negative = embeds[0:1], pooled[1:2], embeds[2:3], embeds[3:4]
         gate_empty = pooled[2:3]
 
         # 2. Source latents
-        vae_dtype = self.vae.dtype
-        source = self.vae.encode(x.to(device, vae_dtype)).latent_dist.mode()
+        source = self.vae.encode(x.to(device, self.vae.dtype)).latent_dist.mode()
         source = normalize_latents(self.vae, source).to(dtype)
+        size = tuple(x.shape[2:5])  # the padded clip's (frames, height, width), for the gate map
+        del x
 
-        # 3. Temporal windows (in latent frames) and the frozen source stream, once per call and window
+        # 3. Temporal windows (in latent frames); each window's source stream is computed when that window is
+        # first denoised, and freed after its last step
         length = source.shape[2]
         windows = self.latent_windows(num_frames, window_size, window_overlap)
-        weights = [w.to(device, dtype).view(1, 1, -1, 1, 1) for w in window_weights(windows, length)]
-        model, created = (
-            ImVideoEditTransformer.attached(self.transformer, self.adapter)
-            if self.adapter is not None
-            else (None, False)
-        )
+        weights = [w.to(device).view(1, 1, -1, 1, 1) for w in window_weights(windows, length)]
+        experts = self.experts()
+        adapted = any(e.adapter is not None for e in experts)
+        use_source_cfg = adapted and source_guidance_scale != 1.0
+        branches = [_Branch(cond, gate_cond, "source")]
+        if guidance_scale != 1.0 or use_source_cfg:
+            branches.append(_Branch(negative, gate_empty, "source"))
+        if use_source_cfg:
+            branches.append(_Branch(negative, gate_empty, "null"))
+
+        # 4. Timesteps and starting latents, in fp32 as the scheduler keeps them
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        start = min(int(round(num_inference_steps * (1.0 - strength))), num_inference_steps - 1)
+        timesteps = self.scheduler.timesteps[start:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        noise = randn_tensor(source.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        latents = noise.to(device)
+        if strength < 1.0:
+            sigma = self.scheduler.sigmas[start].to(device, torch.float32)
+            latents = (1 - sigma) * source.float() + sigma * latents
+
+        # 5. Denoise
+        window_sources: list[dict | None] = [None] * len(windows)
+        current = None
+        gate_sum, gate_count = None, 0
         try:
-            use_source_cfg = model is not None and source_guidance_scale != 1.0
-            window_features = []
-            for s, e in windows if model is not None else []:
-                features = model.encode_source(source[:, :, s:e], empty)
-                null = model.encode_source(torch.zeros_like(source[:, :, s:e]), empty) if use_source_cfg else None
-                window_features.append((features, null))
-
-            # 4. Timesteps and starting latents
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            timesteps = self.scheduler.timesteps
-            start = min(int(round(num_inference_steps * (1.0 - strength))), num_inference_steps - 1)
-            timesteps = timesteps[start:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(start)
-            noise = randn_tensor(source.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-            noise = noise.to(device, dtype)
-            if strength < 1.0:
-                sigma = self.scheduler.sigmas[start].to(device, dtype)
-                latents = (1 - sigma) * source + sigma * noise
-            else:
-                latents = noise
-
-            # 5. Denoise. Branches: (prompt, source), (negative, source) [, (negative, no source)]
-            do_cfg = guidance_scale != 1.0 or use_source_cfg
-            text = torch.cat([cond, negative] + ([negative] if use_source_cfg else [])) if do_cfg else cond
-            gate_text = (
-                torch.cat([gate_cond, gate_empty] + ([gate_empty] if use_source_cfg else [])) if do_cfg else gate_cond
-            )
-            n_branches = text.shape[0]
-            branch_features = [
-                features.repeat(n_branches) if null is None else SourceFeatures.cat([features.repeat(2), null])
-                for features, null in window_features
-            ]
-            gate_sum, gate_count = None, 0
             for i, t in enumerate(timesteps):
-                t_in = t.expand(n_branches).to(device)
+                k = self.expert_for(t)
+                if k != current:  # a new expert reads the source through its own weights
+                    expert, current, window_sources = self._activate(experts, k, device), k, [None] * len(windows)
                 pred = torch.zeros_like(latents)
                 gate_step = None
                 for j, (s, e) in enumerate(windows):
-                    latent_in = latents[:, :, s:e].expand(n_branches, -1, -1, -1, -1)
-                    if model is not None:
-                        p = model(latent_in, t_in, text, branch_features[j], gate_text, collect_gates=True)
-                        g = model.last_gate_map()  # None for an architecture without a gate (concat)
-                        if g is not None:
-                            g = g[0:1, None] * weights[j]  # (1, 1, window, h', w')
-                            if gate_step is None:
-                                grid = (1, 1, length, *g.shape[3:])  # the token grid: latent size / patch size
-                                gate_step = torch.zeros(grid, device=device, dtype=g.dtype)
-                            gate_step[:, :, s:e] += g
-                    else:
-                        p = self.transformer(latent_in, t_in, text, return_dict=False)[0]
-                    if do_cfg:
+                    if expert.model is not None and window_sources[j] is None:
+                        window_sources[j] = {"source": self._source_for(expert, source[:, :, s:e], empty, source_cache)}
                         if use_source_cfg:
-                            full, img, none = p.chunk(3)
-                            p = none + source_guidance_scale * (img - none) + guidance_scale * (full - img)
-                        else:
-                            full, uncond = p.chunk(2)
-                            p = uncond + guidance_scale * (full - uncond)
-                    pred[:, :, s:e] += p * weights[j]
+                            zeros = torch.zeros_like(source[:, :, s:e])
+                            window_sources[j]["null"] = self._source_for(expert, zeros, empty, source_cache)
+                    preds, g = self._predict(
+                        expert, latents[:, :, s:e].to(dtype), t, branches, window_sources[j], cfg_batch
+                    )
+                    pred[:, :, s:e] += self._guide(preds, guidance_scale, source_guidance_scale) * weights[j]
+                    if i == len(timesteps) - 1:
+                        window_sources[j] = None  # this window is done
+                    if g is not None:
+                        if gate_step is None:  # the token grid: latent size / patch size
+                            gate_step = torch.zeros((1, 1, length, *g.shape[3:]), device=device)
+                        gate_step[:, :, s:e] += g.float() * weights[j]
                 if gate_step is not None:
                     gate_sum = gate_step if gate_sum is None else gate_sum + gate_step
                     gate_count += 1
@@ -298,15 +414,18 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, {"latents": latents})
         finally:
-            if created:
-                model.detach()
+            window_sources = None
+            for e in experts:
+                if e.created:
+                    e.model.detach()
 
         # 6. Decode
-        z = normalize_latents(self.vae, latents.to(vae_dtype), inverse=True)
+        z = normalize_latents(self.vae, latents.to(self.vae.dtype), inverse=True)
         frames = self.vae.decode(z, return_dict=False)[0]
         frames = ((frames[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)[:num_frames]
         gate = None
         if gate_sum is not None:
-            g = upsample_gate(gate_sum / gate_count, tuple(x.shape[2:5]))  # from (1, 1, f', h', w')
+            g = upsample_gate(gate_sum / gate_count, size)  # from (1, 1, f', h', w')
             gate = g[0, 0, :num_frames].cpu().numpy()
+        self.maybe_free_model_hooks()
         return ImVideoEditPipelineOutput(frames=frames.cpu().numpy(), gate=gate)

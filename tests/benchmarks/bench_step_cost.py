@@ -68,7 +68,8 @@ def build(args, variant: str, base: WanTransformer3DModel | None = None):
             prm.normal_(0, 0.02)
     model = ImVideoEditTransformer(base, adapter)
     with torch.no_grad():
-        features = model.encode_source(src, torch.zeros(1, 64, cfg["text_dim"])).repeat(2)  # once per video
+        # once per video, already through the branches as inference keeps it; batch 1 serves both branches
+        features = model.encode_source(src, torch.zeros(1, 64, cfg["text_dim"]), prepare=True)
     return (lambda: model(x, t, text, features, pooled)), base
 
 
