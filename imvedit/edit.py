@@ -38,6 +38,11 @@ from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OFFLOADS = ("auto", "none", "model", "group")
+SOURCE_CACHES = ("auto", "device", "cpu", "recompute")
+CFG_BATCHES = ("auto", "on", "off")
+# fp8 storage of the frozen base through diffusers' layerwise casting; "bf16" (or none) keeps --dtype
+BASE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": None}
 Progress = Callable[..., None]  # progress(done, total, info="stage")
 
 
@@ -69,8 +74,20 @@ class EditConfig:
     model_fps: float | None = None  # run the model on frames subsampled to this rate; the output keeps the input's
     dtype: str | None = None  # "bf16" | "fp16" | "fp32" (default: bf16 on a GPU, fp32 on the CPU)
     device: str | None = None  # "cuda", "cuda:1", "cpu", ... (default: the first GPU, else the CPU)
-    cpu_offload: bool = False  # keep each model on the CPU until it runs (diffusers model offload; GPU only)
-    vae_tiling: bool = False  # decode/encode in spatial tiles: less memory for large frames
+    cpu_offload: bool = False  # the same as offload="model" (kept for existing job files)
+    # where the models live: "none" (on the device; the text encoder only while it encodes), "model" (diffusers
+    # model CPU offload: one model on the device at a time), "group" (diffusers group offloading: the
+    # transformer's blocks stream in one by one), "auto" (the memory plan's choice for this device)
+    offload: str = "auto"
+    # where the source stream's features live while denoising: "device", "cpu" (host memory, each block
+    # brought in as it runs), "recompute" (no cache: the stream runs inside every pass), "auto"
+    source_cache: str = "auto"
+    cfg_batch: str = "auto"  # the guidance branches in one batch ("on", faster) or one by one ("off"), "auto"
+    base_dtype: str | None = None  # "fp8": the frozen base's weights stored in fp8, computed in --dtype
+    vae_tiling: bool | None = None  # decode/encode in spatial tiles (default: on above 480p)
+    compile: bool = False  # torch.compile the transformer's repeated blocks (diffusers' compile_repeated_blocks)
+    # standard diffusers-format Wan LoRAs for the frozen base, "PATH" or "PATH:SCALE" (e.g. a 4-step distillation)
+    lora: list[str] = field(default_factory=list)
     attention_backend: str | None = None  # a diffusers attention backend, e.g. "flash", "sage", "native"
     arch: str | None = None  # "sdedit" (no adapter: noise the source and denoise) or "per-frame" (see load_model)
 
@@ -113,12 +130,19 @@ class EditConfig:
             raise UsageError(f"--model-fps must be positive, got {self.model_fps}.")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UsageError(f"Unknown --dtype {self.dtype!r}.", f"Use one of {', '.join(DTYPES)}.")
-        if (
-            self.cpu_offload
-            and not (self.device or "cuda").startswith("cuda")
-            or (self.cpu_offload and not torch.cuda.is_available())
+        for name, value, choices in (
+            ("--offload", self.offload, OFFLOADS),
+            ("--source-cache", self.source_cache, SOURCE_CACHES),
+            ("--cfg-batch", self.cfg_batch, CFG_BATCHES),
         ):
-            raise UsageError("--cpu-offload needs a CUDA GPU.", "Drop --cpu-offload on this machine.")
+            if value not in choices:
+                raise UsageError(f"Unknown {name} {value!r}.", f"Use one of {', '.join(choices)}.")
+        if self.cpu_offload and self.offload not in ("auto", "model"):
+            raise UsageError("--cpu-offload is --offload model.", "Give one of them.")
+        if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
+            raise UsageError(f"Unknown --base-dtype {self.base_dtype!r}.", f"Use one of {', '.join(BASE_DTYPES)}.")
+        for spec in self.lora:
+            lora_spec(spec)
         if Path(self.input).suffix.lower() != Path(self.output).suffix.lower() and is_image(self.input) != is_image(
             self.output
         ):
@@ -187,44 +211,123 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def lora_spec(spec: str) -> tuple[Path, float]:
+    """ "PATH" or "PATH:SCALE" -> (path, scale); the file must exist."""
+    path, _, scale = spec.rpartition(":") if ":" in Path(spec).name else (spec, "", "")
+    try:
+        value = float(scale) if scale else 1.0
+    except ValueError:
+        raise UsageError(
+            f"--lora {spec}: {scale!r} is not a scale.", "Write PATH or PATH:SCALE, e.g. lora.safetensors:0.8."
+        ) from None
+    if not Path(path).is_file():
+        raise UsageError(f"--lora {path} does not exist.", "Give a diffusers-format Wan LoRA .safetensors file.")
+    return Path(path), value
+
+
+def load_loras(transformer, specs: list[str]) -> None:
+    """Standard Wan LoRAs onto the frozen base through diffusers' own loader (its format conversions
+    included), fused into the weights: the adapter's hooks then see the LoRA'd base, and a step costs no more."""
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    for i, spec in enumerate(specs):
+        path, scale = lora_spec(spec)
+        try:
+            state = WanLoraLoaderMixin.lora_state_dict(str(path))
+            transformer.load_lora_adapter(state, adapter_name=f"lora{i}", prefix="transformer")
+        except (ValueError, KeyError, OSError) as e:
+            raise UsageError(
+                f"--lora {path} is not a Wan LoRA diffusers can load: {e}".splitlines()[0],
+                "Give a LoRA trained for this Wan base (diffusers, musubi-tuner or ComfyUI format).",
+            ) from e
+        transformer.fuse_lora(lora_scale=scale, adapter_names=[f"lora{i}"])
+
+
+def place_models(pipe: ImVideoEditPipeline, offload: str, device: torch.device) -> None:
+    """Put the loaded models where `offload` says, with diffusers' own offloading; the adapters (small, and
+    run inside the transformers' blocks rather than called) stay on the device in every mode."""
+    adapters = [a for a in (pipe.adapter, pipe.adapter_2) if a is not None]
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)  # the adapters are in _exclude_from_cpu_offload
+    elif offload == "group":
+        pipe.enable_group_offload(
+            onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+            use_stream=device.type == "cuda", exclude_modules=["adapter", "adapter_2", "vae"],
+        )  # fmt: skip
+        pipe.vae.to(device)
+    else:
+        # UMT5-XXL (10.6 GiB) and, with two experts, the expert not in use wait in host memory on a GPU
+        on_gpu = device.type == "cuda"
+        pipe.offload_text_encoder = pipe.offload_inactive_expert = on_gpu
+        pipe.text_encoder.to("cpu" if on_gpu else device)
+        pipe.transformer.to(device)
+        if pipe.transformer_2 is not None:
+            pipe.transformer_2.to("cpu" if on_gpu else device)
+        pipe.vae.to(device)
+    for a in adapters:
+        a.to(device)
+
+
 @dataclass
 class Editor:
-    """Loaded models, reused across the jobs of one batch (keyed by model, adapter, device, dtype)."""
+    """Loaded models, reused across the jobs of one batch (keyed by everything that changes what is loaded)."""
 
     loaded: dict = field(default_factory=dict)
 
-    def pipeline(self, config: EditConfig) -> tuple[ImVideoEditPipeline, Base, str | None]:
+    def pipeline(self, config: EditConfig, offload: str = "none") -> tuple[ImVideoEditPipeline, Base, str | None]:
         model, adapter, _ = resolve_model(config.model, config.adapter)
-        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = edit_device(config)
         dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        key = (model, adapter, str(device), dtype, config.cpu_offload, config.arch)
+        key = (model, adapter, str(device), dtype, offload, config.arch, config.base_dtype, config.compile,
+               tuple(config.lora), config.attention_backend)  # fmt: skip
         if key not in self.loaded:
             self.loaded.clear()  # one model in memory at a time
-            where = torch.device("cpu") if config.cpu_offload else device
-            base, loaded = load_model(model, adapter, where, dtype, config.arch)
-            pipe = ImVideoEditPipeline(
-                base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded
-            )
+            base, loaded = load_model(model, adapter, torch.device("cpu"), dtype, config.arch)
+            pipe = ImVideoEditPipeline.from_base(base, loaded)
             pipe.set_progress_bar_config(disable=True)
-            if config.cpu_offload:
-                if loaded is not None:
-                    loaded.to(device)  # small, and used inside the transformer's blocks
-                pipe.enable_model_cpu_offload(device=device)
-            if config.attention_backend:
-                try:
-                    base.transformer.set_attention_backend(config.attention_backend)
-                except (ValueError, ImportError, RuntimeError) as e:
-                    raise UsageError(
-                        f"Attention backend {config.attention_backend!r} is not available: {e}".splitlines()[0],
-                        "Drop --attention-backend or install the kernel it needs.",
-                    ) from e
+            transformers = [t for t in (pipe.transformer, pipe.transformer_2) if t is not None]
+            for t in transformers:
+                load_loras(t, config.lora)
+                if BASE_DTYPES.get(config.base_dtype) is not None:
+                    t.enable_layerwise_casting(storage_dtype=BASE_DTYPES[config.base_dtype], compute_dtype=dtype)
+                _set_attention_backend(t, config.attention_backend)
+            place_models(pipe, offload, device)
+            if config.compile:
+                for t in transformers:
+                    t.compile_repeated_blocks(dynamic=True)
             self.loaded[key] = (pipe, base, adapter)
-        pipe, base, adapter = self.loaded[key]
-        if config.vae_tiling:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
-        return pipe, base, adapter
+        return self.loaded[key]
+
+
+TILING_AREA = 832 * 480  # above 480p the VAE works in tiles unless told otherwise
+
+
+def memory_options(config: EditConfig) -> dict:
+    """The edit's offload, source cache and guidance batching: as given, and for each left at "auto" the
+    fastest, which on a CPU (whose memory is the host's) is everything in place and batched."""
+    chosen = {
+        "offload": "model" if config.cpu_offload else config.offload,
+        "source_cache": config.source_cache,
+        "cfg_batch": config.cfg_batch,
+    }
+    fastest = {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
+    return {k: fastest[k] if v == "auto" else v for k, v in chosen.items()}
+
+
+def edit_device(config: EditConfig) -> torch.device:
+    return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _set_attention_backend(transformer, backend: str | None) -> None:
+    if not backend:
+        return
+    try:
+        transformer.set_attention_backend(backend)
+    except (ValueError, ImportError, RuntimeError) as e:
+        raise UsageError(
+            f"Attention backend {backend!r} is not available: {e}".splitlines()[0],
+            "Drop --attention-backend or install the kernel it needs.",
+        ) from e
 
 
 def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | None = None) -> dict:
@@ -232,7 +335,8 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
     config.validate()
     start_time = time.time()
     progress = progress or (lambda *a, **k: None)
-    pipe, base, adapter_path = (editor or Editor()).pipeline(config)
+    options = memory_options(config)
+    pipe, base, adapter_path = (editor or Editor()).pipeline(config, options["offload"])
     image = is_image(config.input)
 
     if image:
@@ -253,6 +357,11 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
         k = max(1, round(float(info.fps) / config.model_fps)) if config.model_fps else 1
         frames = frames[::k]
 
+    tiling = config.vae_tiling if config.vae_tiling is not None else work[0] * work[1] > TILING_AREA
+    if tiling:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
     steps = config.steps or base.default_steps
     guidance = config.guidance if config.guidance is not None else base.default_guidance
     window, overlap = config.window or base.window_frames, config.overlap or base.window_overlap
@@ -274,6 +383,8 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
         generator=torch.Generator().manual_seed(config.seed),
         window_size=window,
         window_overlap=overlap,
+        source_cache=options["source_cache"],
+        cfg_batch=options["cfg_batch"] == "on",
         callback_on_step_end=on_step,
     )
     edited = _to_uint8(result.frames)
@@ -312,5 +423,6 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
         "fps": str(info.fps) if info else None,
         "model": base.name,
         "adapter": str(resolve_adapter_path(adapter_path)) if adapter_path else None,
+        "memory": {**options, "vae_tiling": tiling},
         "seconds": round(time.time() - start_time, 3),
     }

@@ -50,8 +50,28 @@ def edit(
     crf: int = typer.Option(18, "--crf", help="Quality for x264/x265 (lower is better)."),
     dtype: str | None = typer.Option(None, "--dtype", help="bf16, fp16 or fp32. [default: bf16 on GPU, fp32 on CPU]"),
     device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ... [default: first GPU, else CPU]"),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep models on the CPU until they run (GPU)."),
-    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Encode/decode in tiles: less memory for big frames."),
+    offload: str = typer.Option(
+        "auto",
+        "--offload",
+        help="none, model (one model on the GPU at a time) or group (blocks stream in); auto: the plan's.",
+    ),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="The same as --offload model."),
+    source_cache: str = typer.Option(
+        "auto", "--source-cache", help="Where the source features live: device, cpu (host memory) or recompute."
+    ),
+    cfg_batch: str = typer.Option(
+        "auto", "--cfg-batch", help="Guidance branches in one batch (on, faster) or one by one (off, less memory)."
+    ),
+    base_dtype: str | None = typer.Option(
+        None, "--base-dtype", help="fp8: store the frozen base in fp8 (layerwise casting), compute in --dtype."
+    ),
+    vae_tiling: bool | None = typer.Option(
+        None, "--vae-tiling/--no-vae-tiling", help="Encode/decode in tiles. [default: on above 480p]"
+    ),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer's repeated blocks."),
+    lora: list[str] = typer.Option(
+        [], "--lora", help="A Wan LoRA for the base, PATH or PATH:SCALE (repeatable), e.g. a 4-step distillation."
+    ),
     attention_backend: str | None = typer.Option(
         None, "--attention-backend", help="A diffusers attention backend, e.g. flash, sage, native."
     ),
@@ -78,6 +98,8 @@ def edit(
         strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area, resolution=resolution,
         window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
         codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+        offload=offload, source_cache=source_cache, cfg_batch=cfg_batch, base_dtype=base_dtype, compile=compile_,
+        lora=list(lora),
         attention_backend=attention_backend, overwrite=overwrite, arch=arch,
     )  # fmt: skip
     args = args or []

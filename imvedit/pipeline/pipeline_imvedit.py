@@ -188,6 +188,16 @@ class ImVideoEditPipeline(DiffusionPipeline):
         self.offload_text_encoder = False
         self.offload_inactive_expert = False
 
+    @classmethod
+    def from_base(cls, base, adapter: ImVideoEditAdapter | None = None, adapter_2: ImVideoEditAdapter | None = None):
+        """The pipeline of a loaded base (`imvedit.models.bases.Base`: one expert, or Wan2.2-A14B's two with
+        their boundary) and its adapters, one per expert."""
+        return cls(
+            base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter,
+            transformer_2=getattr(base, "transformer_2", None), adapter_2=adapter_2,
+            boundary_ratio=getattr(base, "boundary_ratio", None),
+        )  # fmt: skip
+
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (VAE stride x patch size)."""

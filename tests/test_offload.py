@@ -1,0 +1,148 @@
+"""The memory savers users know from diffusers, with an adapter attached: model CPU offload, group offloading,
+fp8 layerwise casting of the frozen base, a standard Wan LoRA stacked on it, and compiled blocks."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_adapter
+from diffusers import WanPipeline
+from diffusers.hooks import HookRegistry
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from imvedit.edit import load_loras, place_models
+from imvedit.errors import UsageError
+from imvedit.models.bases import build_tiny_random
+from imvedit.models.imvedit import ImVideoEditAdapter
+from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+
+def make_pipe(base=None):
+    base = base or build_tiny_random()
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(base.transformer, ffn_lora=True))
+    pipe = ImVideoEditPipeline.from_base(base, adapter)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, **kw):
+    frames = np.random.default_rng(0).integers(0, 255, (5, 32, 48, 3), dtype=np.uint8)
+    kw = {"num_inference_steps": 2, "guidance_scale": 3.0, **kw}
+    return pipe(frames, "make it red", generator=torch.Generator().manual_seed(0), **kw).frames
+
+
+def watch_devices(pipe):
+    """A pre-hook on every SDA: where its weights and its block's frozen projections are when it runs."""
+    seen = []
+
+    def hook(module, args):
+        attn = args[0]
+        weights = [*module.parameters(), attn.to_q.weight, attn.to_out[0].weight]
+        seen.append({p.device for p in weights})
+
+    handles = [sda.register_forward_pre_hook(hook) for sda in pipe.adapter.sda.values()]
+    return seen, handles
+
+
+@pytest.mark.parametrize("offload", ["model", "group"])
+def test_offload_runs_the_adapter_where_the_pass_runs(offload):
+    reference = run(make_pipe())
+    pipe = make_pipe()
+    device = torch.device("cpu")
+    place_models(pipe, offload, device)
+    if offload == "model":  # diffusers' hooks on the models it moves, none on the adapter (it stays put)
+        assert all(hasattr(m, "_hf_hook") for m in (pipe.text_encoder, pipe.transformer, pipe.vae))
+        assert not hasattr(pipe.adapter, "_hf_hook")
+    else:  # a group-offloading hook on every block of the transformer, none on the adapter
+        registries = [HookRegistry.check_if_exists_or_initialize(b) for b in pipe.transformer.blocks]
+        assert all(r.get_hook("group_offloading") is not None for r in registries)
+        assert not any(hasattr(m, "_diffusers_hook") for m in pipe.adapter.modules())
+    seen, handles = watch_devices(pipe)
+    out = run(pipe, source_cache="cpu")
+    for h in handles:
+        h.remove()
+    assert pipe._execution_device.type == device.type
+    assert len(seen) == 2 * len(pipe.adapter.sda) and all({d.type for d in s} == {device.type} for s in seen)
+    assert np.array_equal(out, reference)
+
+
+def test_fp8_storage_of_the_base_still_edits():
+    """Layerwise casting keeps the frozen weights in fp8 between forwards; the SDA's use of the output
+    projection outside its forward must cast it as the hook does."""
+    reference = run(make_pipe())
+    pipe = make_pipe()
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    assert pipe.transformer.blocks[0].attn1.to_out[0].weight.dtype == torch.float8_e4m3fn
+    out = run(pipe)
+    assert np.isfinite(out).all() and np.abs(out - reference).mean() < 0.05  # fp8 rounding, not a broken edit
+
+
+def tiny_lora(path, seed=3):
+    """A diffusers-format Wan LoRA on attn1 and attn2 of the tiny base, written as diffusers writes one."""
+    base = build_tiny_random().transformer
+    base.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    WanPipeline.save_lora_weights(str(path), transformer_lora_layers=get_peft_model_state_dict(base))
+    return path / "pytorch_lora_weights.safetensors"
+
+
+def test_a_standard_wan_lora_changes_the_base_and_the_adapter_still_applies(tmp_path):
+    lora = tiny_lora(tmp_path)
+    plain = run(make_pipe())
+    with_lora = make_pipe()
+    load_loras(with_lora.transformer, [f"{lora}:1.0"])
+    out = run(with_lora)
+    assert np.abs(out - plain).max() > 1e-3  # the LoRA is in the base
+    base_alone = build_tiny_random()
+    load_loras(base_alone.transformer, [str(lora)])
+    lora_only = ImVideoEditPipeline.from_base(base_alone, None)
+    lora_only.set_progress_bar_config(disable=True)
+    assert np.abs(out - run(lora_only, strength=1.0)).max() > 1e-3  # ...and the adapter still edits on top
+    half = make_pipe()
+    load_loras(half.transformer, [f"{lora}:0.5"])
+    assert np.abs(run(half) - out).max() > 1e-4  # the scale is applied
+
+
+def test_bad_lora_specs_are_refused(tmp_path):
+    from imvedit.edit import lora_spec
+
+    with pytest.raises(UsageError, match="does not exist"):
+        lora_spec(str(tmp_path / "missing.safetensors"))
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match="not a scale"):
+        lora_spec(f"{tmp_path / 'x.safetensors'}:big")
+    assert lora_spec(f"{tmp_path / 'x.safetensors'}:0.5")[1] == 0.5
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_frames():
+    reference = run(make_pipe())
+    pipe = make_pipe()
+    pipe.transformer.compile_repeated_blocks(dynamic=True)
+    assert np.abs(run(pipe) - reference).max() <= 1e-5
+
+
+def test_the_cli_passes_the_memory_options_and_reports_them(tmp_path, clip):
+    import json
+    import subprocess
+    import sys
+
+    lora = tiny_lora(tmp_path)
+    out = tmp_path / "out.mp4"
+    edit = [
+        sys.executable, "-m", "imvedit", "edit", str(clip), "make it red", "-o", str(out), "--model", "tiny-random",
+    ]  # fmt: skip
+    cmd = edit + [
+        "--steps", "2", "--offload", "group", "--source-cache", "recompute", "--cfg-batch", "off",
+        "--vae-tiling", "--lora", f"{lora}:0.7", "--json",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    memory = json.loads(r.stdout)["memory"]
+    assert memory == {"offload": "group", "source_cache": "recompute", "cfg_batch": "off", "vae_tiling": True}
+    bad = subprocess.run(edit + ["--source-cache", "disk"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Unknown --source-cache 'disk'" in bad.stderr
