@@ -2,7 +2,11 @@
 
 Every base goes through `load_base`, which loads each component with its own diffusers or
 transformers class from the layout of `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` (`model_index.json` +
-`transformer/ vae/ text_encoder/ tokenizer/ scheduler/`). `tiny-random` is built in memory from the
+`transformer/ vae/ text_encoder/ tokenizer/ scheduler/`). Wan2.2-T2V-A14B adds a second expert,
+`transformer_2/`, and the pipeline config's `boundary_ratio`, as diffusers' `WanPipeline` stores them:
+`transformer` denoises timesteps t >= boundary_ratio * num_train_timesteps (high noise), `transformer_2`
+the rest. Before any weights are read, the folder's JSON configs are checked against what imvedit
+supports (`check_supported`), so an image-to-video or VACE base is refused at once. `tiny-random` is built in memory from the
 same classes with small configs, under a fixed seed, so two processes build bit-identical weights.
 """
 
@@ -27,12 +31,15 @@ SHAPES_WAN_DIR = ASSETS / SHAPES_WAN  # diffusers layout
 SHAPES_WAN_ADAPTER = ASSETS / "shapes-wan-edit.safetensors"  # its edit adapter, trained on image pairs only
 BUILTIN_BASES = (SHAPES_WAN, TINY_RANDOM)
 
-COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler")
+EXPERTS = ("high", "low")  # Wan2.2-A14B's experts: `transformer` (high noise) and `transformer_2` (low noise)
+SUPPORTED = "Wan2.1-T2V (1.3B, 14B), Wan2.2-TI2V-5B, Wan2.2-T2V-A14B (two experts)"
+PIPELINES = ("WanPipeline", "ImVideoEditPipeline")  # a Wan base, or an `imvedit export --format diffusers` folder
 
 
 @dataclass
 class Base:
-    """A loaded base: its five components and its identity."""
+    """A loaded base: its components and its identity."""
 
     name: str  # what the user passed: a builtin name, a folder or a hub id
     transformer: WanTransformer3DModel
@@ -48,6 +55,9 @@ class Base:
     # Frames the model sees at once (4k + 1); longer videos are edited in overlapping windows.
     window_frames: int = 81
     window_overlap: int = 16
+    # Wan2.2-A14B: the low-noise expert, and where the schedule hands over to it (both None for one expert)
+    transformer_2: WanTransformer3DModel | None = None
+    boundary_ratio: float | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -55,10 +65,23 @@ class Base:
 
     @property
     def identity(self) -> dict:
+        return self.identity_of("high")
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """("high", "low") for a two-expert base, else ("high",): the one transformer counts as the high one."""
+        return EXPERTS if self.transformer_2 is not None else EXPERTS[:1]
+
+    def expert(self, name: str) -> WanTransformer3DModel:
+        return self.transformer if name == "high" else self.transformer_2
+
+    def identity_of(self, expert: str) -> dict:
+        """What an adapter for this expert records of its base: the name and that expert's architecture."""
+        config = self.expert(expert).config
         return {
             "name": self.name,
-            "fingerprint": self.fingerprint,
-            "transformer_config": _public_config(self.transformer.config),
+            "fingerprint": config_fingerprint(config),
+            "transformer_config": _public_config(config),
         }
 
 
@@ -154,6 +177,97 @@ def build_tiny_random(seed: int = 0) -> Base:
 # ---------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class BaseConfigs:
+    """A base's JSON configs, read before any weights: enough to say whether imvedit can run it."""
+
+    model_index: dict
+    transformer: dict
+    vae: dict | None = None
+    transformer_2: dict | None = None
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        return self.model_index.get("boundary_ratio") if self.transformer_2 is not None else None
+
+
+def _present(entry) -> bool:
+    """A model_index.json component entry that names a class: `[null, null]` is how diffusers writes none."""
+    return isinstance(entry, list | tuple) and len(entry) == 2 and entry[0] is not None
+
+
+def read_base_configs(name: str) -> BaseConfigs:
+    """model_index.json and the transformer (and VAE) configs of a local folder or a hub id (hub files come
+    from the local cache when HF_HUB_OFFLINE=1). OSError/ValueError when they cannot be read."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+
+        def read(file: str) -> dict | None:
+            return json.loads((path / file).read_text()) if (path / file).is_file() else None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        def read(file: str) -> dict | None:
+            return json.loads(Path(hf_hub_download(name, file)).read_text())
+
+    index = read("model_index.json") or {}
+    transformer = read("transformer/config.json")
+    if transformer is None:
+        raise UsageError(f"{name} has no transformer/config.json.", "Give a complete diffusers-format Wan folder.")
+    second = read("transformer_2/config.json") if _present(index.get("transformer_2")) else None
+    return BaseConfigs(index, transformer, read("vae/config.json"), second)
+
+
+def check_supported(configs: BaseConfigs, name: str) -> None:
+    """Refuse, in one line, a base imvedit cannot edit with: image-to-video, VACE, or an unknown class."""
+    pipeline = configs.model_index.get("_class_name")
+    z_dim = (configs.vae or {}).get("z_dim")
+    problem = None
+    if pipeline == "WanImageToVideoPipeline":
+        problem = "an image-to-video (I2V) base"
+    elif pipeline == "WanVACEPipeline":
+        problem = "a VACE base"
+    elif pipeline is not None and pipeline not in PIPELINES:
+        problem = f"a {pipeline} base, which imvedit does not know"
+    for sub, cfg in (("transformer", configs.transformer), ("transformer_2", configs.transformer_2)):
+        if problem is not None or cfg is None:
+            break
+        cls = cfg.get("_class_name")
+        if cls == "WanVACETransformer3DModel" or "vace_layers" in cfg:
+            problem = "a VACE base"
+        elif cls is not None and cls != "WanTransformer3DModel":
+            problem = f"a base whose {sub} is a {cls}, which imvedit does not know"
+        elif cfg.get("image_dim") is not None:
+            problem = f"an image-to-video (I2V) base (its {sub} takes image embeddings)"
+        elif z_dim is not None and cfg.get("in_channels", z_dim) > z_dim:
+            problem = f"an image-to-video (I2V) base ({sub} in_channels {cfg['in_channels']} > the VAE's {z_dim} latent channels)"
+    if problem is not None:
+        raise UsageError(
+            f"{name} is {problem}; imvedit edits with text-to-video bases only.", f"Supported: {SUPPORTED}."
+        )
+
+
+def expert_count(name: str) -> int:
+    """How many experts a base has (2 for Wan2.2-A14B), from its model_index.json alone."""
+    if name in BUILTIN_BASES:
+        return 1
+    try:
+        configs = read_base_configs(name)
+    except (OSError, ValueError) as e:
+        raise ImveditError(f"Could not read the configs of base {name!r}: {_first_line(e)}", _load_hint(name)) from e
+    return 2 if configs.transformer_2 is not None else 1
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _load_hint(name: str) -> str:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name).expanduser().exists():
+        return "HF_HUB_OFFLINE=1 is set: download it first (`hf download ID`) or point --model at a local copy."
+    return "Check that the folder holds a complete diffusers-format Wan checkpoint."
+
+
 def _scheduler_class(path: str, subfolder: str):
     import diffusers
 
@@ -211,9 +325,17 @@ def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: 
         )
     src = str(path) if local else name
     try:
+        configs = read_base_configs(src)
+        check_supported(configs, name)  # before any weights: an unsupported base is refused at once
+        ratio = _boundary_ratio(configs, name) if configs.transformer_2 is not None else None
         # torch_dtype at load time keeps the modules diffusers wants in fp32 (norms, rope) in fp32.
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         transformer = WanTransformer3DModel.from_pretrained(src, subfolder="transformer", **kw)
+        transformer_2 = (
+            WanTransformer3DModel.from_pretrained(src, subfolder="transformer_2", **kw)
+            if configs.transformer_2 is not None and "transformer_2" in components
+            else None
+        )
         vae = (
             AutoencoderKLWan.from_pretrained(src, subfolder="vae", torch_dtype=torch.float32)
             if "vae" in components
@@ -229,18 +351,23 @@ def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: 
         tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer") if "tokenizer" in components else None
         scheduler = _scheduler_class(src, "scheduler").from_pretrained(src, subfolder="scheduler")
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (
-            "HF_HUB_OFFLINE=1 is set: download it first (`hf download ID`) or point --model at a local copy."
-            if offline and not local
-            else "Check that the folder holds a complete diffusers-format Wan checkpoint."
-        )
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImveditError(f"Could not load base {name!r}: {first}", hint) from e
-    for m in (transformer, vae, text_encoder):
+        raise ImveditError(f"Could not load base {name!r}: {_first_line(e)}", _load_hint(name)) from e
+    for m in (transformer, transformer_2, vae, text_encoder):
         if m is not None:
             m.eval()
-    return Base(src, transformer, vae, text_encoder, tokenizer, scheduler)
+    base = Base(src, transformer, vae, text_encoder, tokenizer, scheduler, transformer_2=transformer_2)
+    base.boundary_ratio = ratio if transformer_2 is not None else None
+    return base
+
+
+def _boundary_ratio(configs: BaseConfigs, name: str) -> float:
+    ratio = configs.boundary_ratio
+    if not isinstance(ratio, int | float) or not 0.0 < ratio < 1.0:
+        raise UsageError(
+            f"{name} has two experts but its model_index.json gives no boundary_ratio in (0, 1) (got {ratio!r}).",
+            'Add the one its model card gives, e.g. "boundary_ratio": 0.875 for Wan2.2-T2V-A14B.',
+        )
+    return float(ratio)
 
 
 def save_base(base: Base, path: str | Path) -> None:
@@ -253,6 +380,8 @@ def save_base(base: Base, path: str | Path) -> None:
         vae=base.vae,
         scheduler=base.scheduler,
         transformer=base.transformer,
+        transformer_2=base.transformer_2,
+        boundary_ratio=base.boundary_ratio,
     )
     pipe.save_pretrained(str(path))
     # A component loaded from a folder records that folder in its config; it means nothing on another machine.

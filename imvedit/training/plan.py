@@ -12,11 +12,13 @@ memory is an estimate (say ±30%), made of:
 - the source stream's cached features: 4 tensors of the model width per token and SDA block.
 
 Tokens per training pair: one latent frame, (height / (VAE stride · 2)) · (width / (VAE stride · 2)).
+
+A two-expert base (Wan2.2-A14B) trained with `--expert both` holds both experts and both adapters (with
+their optimiser states) on the device; a step runs one expert, so activations are one expert's.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ class PlanInput:
     vae_stride: int = 8
     text_encoder_params: int | None = None  # None: UMT5-XXL
     vae_params: int = 127_000_000  # Wan2.1's VAE; 2.2's is larger but runs once per batch without grads
+    experts: int = 1  # 2 for Wan2.2-A14B (both experts share one architecture)
 
 
 def _count(module_cls, config: dict) -> int:
@@ -46,40 +49,39 @@ def _count(module_cls, config: dict) -> int:
 
 def read_plan_input(model: str) -> PlanInput:
     """The configs of a base (a diffusers folder, a hub id, or a builtin name) without its weights."""
-    from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, build_tiny_random
+    from ..models.bases import (
+        SHAPES_WAN,
+        SHAPES_WAN_DIR,
+        TINY_RANDOM,
+        build_tiny_random,
+        check_supported,
+        read_base_configs,
+    )
 
     if model == TINY_RANDOM:
         base = build_tiny_random()
         te = sum(p.numel() for p in base.text_encoder.parameters())
         return PlanInput(dict(base.transformer.config), base.vae.config.scale_factor_spatial, te, 0)
     path = SHAPES_WAN_DIR if model == SHAPES_WAN else Path(model).expanduser()
-    if path.is_dir():
-        tcfg = path / "transformer" / "config.json"
-        if not tcfg.is_file():
-            raise UsageError(f"{path} has no transformer/config.json.", "Give a diffusers-format Wan folder.")
-        transformer = json.loads(tcfg.read_text())
-        vcfg = path / "vae" / "config.json"
-        stride = json.loads(vcfg.read_text()).get("scale_factor_spatial", 8) if vcfg.is_file() else 8
-        te_cfg = path / "text_encoder" / "config.json"
-        te = None
-        if te_cfg.is_file():
-            from transformers import UMT5Config, UMT5EncoderModel
-
-            cfg = UMT5Config.from_json_file(str(te_cfg))
-            with torch.device("meta"):
-                te = sum(p.numel() for p in UMT5EncoderModel(cfg).parameters())
-        return PlanInput(transformer, stride, te)
     try:
-        from huggingface_hub import hf_hub_download
-
-        transformer = json.loads(Path(hf_hub_download(model, "transformer/config.json")).read_text())
-        stride = json.loads(Path(hf_hub_download(model, "vae/config.json")).read_text()).get("scale_factor_spatial", 8)
-    except Exception as e:  # noqa: BLE001 - offline, unknown id, no access: one message for all
+        configs = read_base_configs(str(path) if path.is_dir() else model)
+    except (OSError, ValueError) as e:  # offline, unknown id, no access, bad JSON: one message for all
         raise UsageError(
             f"Could not read the configs of {model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
             "Give a local diffusers Wan folder, or check the hub id and your connection.",
         ) from e
-    return PlanInput(transformer, stride)
+    check_supported(configs, model)
+    stride = (configs.vae or {}).get("scale_factor_spatial", 8)
+    experts = 2 if configs.transformer_2 is not None else 1
+    te_cfg = path / "text_encoder" / "config.json"
+    te = None
+    if path.is_dir() and te_cfg.is_file():
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        cfg = UMT5Config.from_json_file(str(te_cfg))
+        with torch.device("meta"):
+            te = sum(p.numel() for p in UMT5EncoderModel(cfg).parameters())
+    return PlanInput(configs.transformer, stride, te, experts=experts)
 
 
 def plan(
@@ -91,8 +93,10 @@ def plan(
     gradient_checkpointing: bool,
     cached: bool,
     gpu_memory_gb: float | None = None,
+    experts: int | None = None,
 ) -> dict:
-    """Parameter counts and a peak-memory estimate; with `gpu_memory_gb`, options that would fit it."""
+    """Parameter counts and a peak-memory estimate; with `gpu_memory_gb`, options that would fit it.
+    `experts`: how many of the base's experts the run trains (default: all of them)."""
     from diffusers import WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -102,8 +106,10 @@ def plan(
     with torch.device("meta"):
         transformer = WanTransformer3DModel.from_config(cfg)
         adapter = ImVideoEditAdapter.for_base(transformer, **adapter_switches)
-    base_params = sum(p.numel() for p in transformer.parameters())
-    adapter_params = sum(p.numel() for p in adapter.parameters())
+    trained = experts or inp.experts
+    per_expert = sum(p.numel() for p in transformer.parameters())
+    base_params = per_expert * trained  # each trained expert is on the device, with its own adapter
+    adapter_params = sum(p.numel() for p in adapter.parameters()) * trained
     te_params = inp.text_encoder_params
     if te_params is None:
         with torch.device("meta"):
@@ -131,6 +137,7 @@ def plan(
     current = estimate(batch_size, mixed_precision, gradient_checkpointing, cached, area)
     result = {
         "transformer_parameters": base_params,
+        **({"experts": trained, "expert_parameters": per_expert} if inp.experts > 1 else {}),
         "adapter_parameters": adapter_params,
         "adapter_fraction": round(adapter_params / base_params, 4),
         "text_encoder_parameters": te_params,
