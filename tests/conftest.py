@@ -22,6 +22,28 @@ def tiny_base():
     return build_tiny_random()
 
 
+def make_a14b_folder(path: Path, boundary_ratio: float = 0.875) -> Path:
+    """A tiny Wan2.2-T2V-A14B-shaped base: `build_tiny_random()` as the high-noise expert, a second
+    transformer of the same architecture with other weights as the low-noise one, and the boundary,
+    saved the way diffusers saves Wan2.2-A14B."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    base = build_tiny_random()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        low = WanTransformer3DModel.from_config(base.transformer.config).eval()
+    WanPipeline(
+        tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler,
+        transformer=base.transformer, transformer_2=low, boundary_ratio=boundary_ratio,
+    ).save_pretrained(str(path))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def a14b_folder(tmp_path):
+    return make_a14b_folder(tmp_path / "wan22-a14b-tiny")
+
+
 def make_clip(path: Path, size="64x48", rate="8", frames=9, audio=True, pix_fmt="yuv420p") -> Path:
     """A real test clip from ffmpeg's lavfi sources, with a sine audio track."""
     cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}"]

@@ -77,3 +77,19 @@ def test_a_saved_base_does_not_record_the_folder_it_was_loaded_from(tmp_path):
     save_base(load_base(str(tmp_path / "a"), torch_dtype=torch.float32), tmp_path / "b")
     configs = list((tmp_path / "b").glob("*/config.json"))
     assert len(configs) >= 3 and not any(str(tmp_path) in c.read_text() for c in configs)
+
+
+def test_a_two_expert_base_loads_both_experts_and_its_boundary(tmp_path, a14b_folder):
+    """Wan2.2-T2V-A14B's layout: `transformer_2` and `boundary_ratio` in model_index.json, as diffusers stores them."""
+    base = load_base(str(a14b_folder))
+    assert base.experts == ("high", "low") and base.boundary_ratio == 0.875
+    assert _digest(base.transformer) != _digest(base.transformer_2)  # two experts, not one loaded twice
+    assert base.identity_of("low")["fingerprint"] == base.fingerprint  # one architecture
+    save_base(base, tmp_path / "again")
+    again = load_base(str(tmp_path / "again"))
+    assert again.boundary_ratio == 0.875 and _digest(again.transformer_2) == _digest(base.transformer_2)
+    from diffusers import WanPipeline
+
+    assert WanPipeline.from_pretrained(str(tmp_path / "again")).config.boundary_ratio == 0.875
+    one = load_base(str(a14b_folder), components=("transformer", "scheduler"))  # the second expert left out
+    assert one.transformer_2 is None and one.boundary_ratio is None and load_base("tiny-random").experts == ("high",)
