@@ -67,7 +67,10 @@ def test_prepared_source_equals_the_raw_stream(tiny_base):
     raw = model.encode_source(src, empty)
     prepared = model.encode_source(src, empty, prepare=True)
     assert all(b.kv is not None and b.mod is None for b in prepared.blocks.values())
-    assert all(len(b.tensors()) == 5 for b in prepared.blocks.values())  # 2 branches x (k, v) + ln
+    token_block = src.shape[2] * 4 * 4 * 24 * 4  # tokens x width x fp32 bytes
+    assert all(b.kv[0].shape[0] == 2 for b in prepared.blocks.values())  # the pos and neg branches, stacked
+    assert prepared.nbytes == 5 * token_block * len(prepared.blocks)  # 2 branches x (k, v) + ln, one more than raw
+    assert raw.nbytes == 4 * token_block * len(raw.blocks)  # (attn1 input, k, v, ln)
     with torch.no_grad():
         reference = model(x, t, text, raw, gate_text)
         assert torch.equal(model(x, t, text, prepared, gate_text), reference)

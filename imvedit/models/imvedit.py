@@ -119,8 +119,19 @@ class SpatialDifferenceAttention(nn.Module):
         h = h * (1 + scale) + shift
         return torch.sigmoid(self.gate_out(F.silu(h)))
 
-    def source_kv(self, attn, src: BlockSource, grid, rope2d) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Each branch's source keys (normed, 2D rotary) and values, per frame: (batch*f, hw, heads, head_dim).
+    def low_rank(self, x: torch.Tensor, projections: str) -> list[torch.Tensor]:
+        """Every branch's low-rank update of each projection in `projections` (e.g. "qkv") for input x, the
+        branches stacked on a new leading axis: one (branches, *x.shape[:-1], out) tensor per projection.
+        The down maps all read x, so they run as one matmul."""
+        mods = [branch[p] for p in projections for branch in self.branches.values()]
+        h = F.linear(x, torch.cat([m.down.weight for m in mods])).split([m.down.out_features for m in mods], -1)
+        ups = [F.linear(hi, m.up.weight) for hi, m in zip(h, mods, strict=True)]
+        nb = len(self.branches)
+        return [torch.stack(ups[i * nb : (i + 1) * nb]) for i in range(len(projections))]
+
+    def source_kv(self, attn, src: BlockSource, grid, rope2d) -> tuple[torch.Tensor, torch.Tensor]:
+        """The branches' source keys (normed, 2D rotary) and values, per frame and stacked over the branches:
+        (branches, batch*f, hw, heads, head_dim) each.
 
         They depend on the source and the adapter's weights only, so inference computes them once per video
         (`BlockSource.kv`) and training, whose weights change every step, here at every call. RMS norm is
@@ -129,39 +140,34 @@ class SpatialDifferenceAttention(nn.Module):
             return src.kv
         b, n, _ = src.mod.shape
         f, h, w = grid
-        out = {}
-        for name, branch in self.branches.items():
-            k = attn.norm_k(src.k + branch["k"](src.mod)).reshape(b * f, h * w, attn.heads, -1)
-            v = (src.v + branch["v"](src.mod)).reshape(b * f, h * w, attn.heads, -1)
-            out[name] = (_rope(k, *rope2d), v)
-        return out
+        lk, lv = self.low_rank(src.mod, "kv")
+        k = attn.norm_k(src.k + lk).reshape(-1, b * f, h * w, attn.heads, attn.inner_dim // attn.heads)
+        v = (src.v + lv).reshape(-1, b * f, h * w, attn.heads, attn.inner_dim // attn.heads)
+        return _rope(k, *rope2d), v
 
-    def attend(self, attn, x_mod, frozen, source_kv, grid, rope2d, backend=None) -> list[torch.Tensor]:
+    def attend(self, attn, x_mod, frozen, source_kv, grid, rope2d, backend=None) -> torch.Tensor:
         """Every branch's per-frame attention in one call (the branches stacked on the batch axis); returns
-        each branch's output (batch, tokens, inner), before the output projection. A source of batch 1
-        serves every row of `x_mod` (the guidance branches share one source) without being copied."""
+        (branches, batch, tokens, inner), before the output projection. A source of batch 1 serves every
+        row of `x_mod` (the guidance branches share one source) without being copied."""
         b, n, _ = x_mod.shape
         f, h, w = grid
+        nb = len(self.branches)
+        k_s, v_s = source_kv
+        bs = k_s.shape[1] // f  # the source's batch; it divides b
 
-        def per_frame(t):  # (b, f*hw, inner) -> (b, f, hw, heads, head_dim)
-            return t.reshape(b, f, h * w, attn.heads, -1)
+        def per_frame(t):  # (nb, b, f*hw, inner) -> (nb, b/bs, bs, f, hw, heads, head_dim)
+            return t.reshape(nb, b // bs, bs, f, h * w, attn.heads, -1)
 
-        def with_source(s, t):  # [source | target] keys or values of each frame: (b*f, 2hw, heads, head_dim)
-            s = s.unflatten(0, (-1, f))  # (source batch, f, hw, heads, head_dim); it divides b
-            t = t.unflatten(0, (-1, s.shape[0]))  # (b / source batch, source batch, f, hw, heads, head_dim)
-            return torch.cat([s.expand(t.shape[0], *s.shape), t], dim=3).flatten(0, 2)
+        def with_source(s, t):  # [source | target] keys or values of each frame: (nb*b*f, 2hw, heads, head_dim)
+            s = s.reshape(nb, 1, bs, f, h * w, *s.shape[-2:]).expand(-1, b // bs, -1, -1, -1, -1, -1)
+            return torch.cat([s, t], dim=4).flatten(0, 3)
 
-        qs, ks, vs = [], [], []
-        for name, branch in self.branches.items():
-            q = attn.norm_q(frozen["q"] + branch["q"](x_mod))
-            k_x = attn.norm_k(frozen["k"] + branch["k"](x_mod))
-            v_x = frozen["v"] + branch["v"](x_mod)
-            k_s, v_s = source_kv[name]
-            qs.append(_rope(per_frame(q).flatten(0, 1), *rope2d))
-            ks.append(with_source(k_s, _rope(per_frame(k_x), *rope2d)))
-            vs.append(with_source(v_s, per_frame(v_x)))
-        out = dispatch_attention_fn(torch.cat(qs), torch.cat(ks), torch.cat(vs), backend=backend)
-        return [o.flatten(2, 3).type_as(x_mod).reshape(b, n, -1) for o in out.chunk(len(qs))]
+        lq, lk, lv = self.low_rank(x_mod, "qkv")
+        q = _rope(per_frame(attn.norm_q(frozen["q"] + lq)), *rope2d).flatten(0, 3)
+        k = with_source(k_s, _rope(per_frame(attn.norm_k(frozen["k"] + lk)), *rope2d))
+        v = with_source(v_s, per_frame(frozen["v"] + lv))
+        out = dispatch_attention_fn(q, k, v, backend=backend)  # (nb*b*f, hw, heads, head_dim)
+        return out.flatten(2, 3).type_as(x_mod).reshape(nb, b, n, -1)
 
     def forward(self, attn, x_mod, frozen, src: BlockSource, x_ln, grid, rope2d, temb, text, backend=None):
         """Returns (update, g): what to add to the target tokens (batch, tokens, dim) and the gate.
@@ -170,15 +176,14 @@ class SpatialDifferenceAttention(nn.Module):
         keeping the source (1 - g: the aligned difference), so g is where the edit applies. Without
         it the whole difference is scaled by g.
         """
-        kv = self.source_kv(attn, src, grid, rope2d)
+        a = self.attend(attn, x_mod, frozen, self.source_kv(attn, src, grid, rope2d), grid, rope2d, backend)
         if "pos" in self.branches:
-            a_pos, a_neg = self.attend(attn, x_mod, frozen, kv, grid, rope2d, backend)
+            a_pos, a_neg = a
             # The frozen output projection is linear: one matmul on the difference, and its bias cancels.
             w_out = _compute_weight(attn.to_out[0], a_pos.dtype)
             delta = F.linear(a_pos - a_neg, w_out) + self.branches["pos"]["o"](a_pos) - self.branches["neg"]["o"](a_neg)
         else:
-            (a,) = self.attend(attn, x_mod, frozen, kv, grid, rope2d, backend)
-            delta = self.branches["delta"]["o"](a)
+            delta = self.branches["delta"]["o"](a[0])
         s_ln = _rows(src.ln, x_ln.shape[0])
         g = self.gate(x_ln, s_ln, temb, text)
         if self.aligned is None:
@@ -419,11 +424,10 @@ class BlockSource:
     mod: torch.Tensor | None = None
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
-    kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (branches, batch*f, hw, heads, head_dim) each
 
     def tensors(self) -> list[torch.Tensor]:
-        pairs = [t for kv in (self.kv or {}).values() for t in kv]
-        return [t for t in (self.ln, self.mod, self.k, self.v, *pairs) if t is not None]
+        return [t for t in (self.ln, self.mod, self.k, self.v, *(self.kv or ())) if t is not None]
 
     def to(self, device, non_blocking: bool = False, pin: bool = False) -> BlockSource:
         def move(t):
@@ -432,7 +436,7 @@ class BlockSource:
             t = t.to(device, non_blocking=non_blocking)
             return t.pin_memory() if pin else t
 
-        kv = None if self.kv is None else {n: (move(k), move(v)) for n, (k, v) in self.kv.items()}
+        kv = None if self.kv is None else (move(self.kv[0]), move(self.kv[1]))
         return BlockSource(move(self.ln), move(self.mod), move(self.k), move(self.v), kv)
 
 
@@ -894,6 +898,7 @@ class ImVideoEditTransformer(nn.Module):
         st.armed = True
         if two_way:  # [target | source] along frames; the source's tokens at timestep 0
             src = source.latents.to(latents.dtype)
+            src = src.expand(b // src.shape[0], *src.shape[1:]) if src.shape[0] == 1 else src
             p_t, p_h, p_w = self.base.config.patch_size
             half = f // p_t * (latents.shape[3] // p_h) * (latents.shape[4] // p_w)
             t = timestep.reshape(-1, 1).expand(b, half)
