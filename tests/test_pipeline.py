@@ -54,3 +54,26 @@ def test_bad_inputs(pipe):
         pipe(video(), "  ", num_inference_steps=1)
     with pytest.raises(UsageError, match="strength"):
         pipe(video(), "x", num_inference_steps=1, strength=0.0)
+
+
+def test_latents_stay_fp32_through_the_scheduler_and_prompts_are_512_tokens(tiny_base, monkeypatch):
+    """As diffusers' WanPipeline: a bf16 transformer, fp32 latents and predictions in the scheduler (bf16 there
+    compounds rounding over the steps), and prompts padded to the 512 tokens Wan was trained on."""
+    b = tiny_base
+    b.transformer.to(torch.bfloat16)
+    adapter = randomize_adapter(ImVideoEditAdapter.for_base(b.transformer)).to(torch.bfloat16)
+    pipe = ImVideoEditPipeline.from_base(b, adapter)
+    pipe.set_progress_bar_config(disable=True)
+    seen, lengths = [], []
+    step = pipe.scheduler.step
+
+    def recording_step(pred, t, latents, **kw):
+        seen.append((pred.dtype, latents.dtype))
+        return step(pred, t, latents, **kw)
+
+    monkeypatch.setattr(pipe.scheduler, "step", recording_step)
+    handle = b.transformer.register_forward_pre_hook(lambda m, a: lengths.append(a[2].shape[1]))
+    pipe(video(5), "make it red", num_inference_steps=3)
+    handle.remove()
+    assert seen == [(torch.float32, torch.float32)] * 3
+    assert set(lengths) == {512}
