@@ -124,10 +124,11 @@ class SpatialDifferenceAttention(nn.Module):
         branches stacked on a new leading axis: one (branches, *x.shape[:-1], out) tensor per projection.
         The down maps all read x, so they run as one matmul."""
         mods = [branch[p] for p in projections for branch in self.branches.values()]
-        h = F.linear(x, torch.cat([m.down.weight for m in mods])).split([m.down.out_features for m in mods], -1)
-        ups = [F.linear(hi, m.up.weight) for hi, m in zip(h, mods, strict=True)]
-        nb = len(self.branches)
-        return [torch.stack(ups[i * nb : (i + 1) * nb]) for i in range(len(projections))]
+        h = F.linear(x, torch.cat([m.down.weight for m in mods]))  # (..., maps * rank)
+        h = h.reshape(-1, len(mods), mods[0].down.out_features).transpose(0, 1)  # (maps, tokens, rank)
+        up = torch.stack([m.up.weight for m in mods]).transpose(1, 2)  # (maps, rank, out)
+        out = torch.bmm(h, up).reshape(len(projections), len(self.branches), *x.shape[:-1], -1)
+        return list(out.unbind(0))
 
     def source_kv(self, attn, src: BlockSource, grid, rope2d) -> tuple[torch.Tensor, torch.Tensor]:
         """The branches' source keys (normed, 2D rotary) and values, per frame and stacked over the branches:
