@@ -917,6 +917,8 @@ class ImVideoEditTransformer(nn.Module):
         finally:
             if st.source is not None:
                 st.source.release_prefetched()
+            if not torch.is_grad_enabled():  # no backward will re-run the blocks: let the cache go when its owner does
+                st.source = None
         if st.recompute:
             out = out[: -st.recompute]
         return self._unfold(out, b) if per_frame else out
