@@ -105,17 +105,10 @@ class ImVideoEditLoader:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         else:
             dtype = PRECISIONS[precision]
-        loaded_base, loaded = load_model(base.strip() or None, str(path), device, dtype)
-        pipe = ImVideoEditPipeline(
-            loaded_base.tokenizer,
-            loaded_base.text_encoder,
-            loaded_base.vae,
-            loaded_base.scheduler,
-            loaded_base.transformer,
-            loaded,
-        )
+        loaded = load_model(base.strip() or None, str(path), device, dtype)  # finds the other file of a pair
+        pipe = ImVideoEditPipeline.from_base(loaded.base, loaded.adapter, loaded.adapter_2)
         pipe.set_progress_bar_config(disable=True)
-        return (LoadedEditor(pipe, loaded_base),)
+        return (LoadedEditor(pipe, loaded.base),)
 
 
 class ImVideoEditApply:

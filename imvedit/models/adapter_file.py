@@ -5,7 +5,12 @@ Metadata (all strings, as safetensors requires):
 - `adapter_config`: the adapter's constructor arguments (JSON);
 - `base`: the base's identity (JSON: name, fingerprint of its transformer config, that config);
 - `payload_sha256`: a hash of every tensor's name, dtype, shape and bytes, so corruption is caught;
-- `training` (optional): a summary of the run that made it (JSON).
+- `training` (optional): a summary of the run that made it (JSON);
+- for a base with two experts (Wan2.2-A14B) only: `expert` = "high" (the adapter of `transformer`) or "low"
+  (of `transformer_2`), and `pair` (JSON: `file`, the other expert's adapter file relative to this file's
+  folder, and that file's `payload_sha256`). The two files of a pair name each other, so loading either
+  finds and verifies the other; `base` is then the identity of this file's own expert. A file with
+  `expert` and no `pair` adapts its expert alone: the other expert runs unadapted.
 
 The ComfyUI flavour (`imvedit export --format comfyui`) holds the same tensors under the names of ComfyUI's
 own Wan model (`blocks.N.self_attn.q`, `blocks.N.ffn.0`, ...), prefixed `imvedit.` so ComfyUI's LoRA loader
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -86,6 +92,12 @@ def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def stored_tensors(adapter: ImVideoEditAdapter, dtype: torch.dtype | None = None, comfyui: bool = False) -> dict:
+    """The adapter's tensors as a file holds them: in `dtype`, under ComfyUI's names when asked."""
+    tensors = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    return to_comfyui_names(tensors) if comfyui else tensors
+
+
 def save_adapter(
     adapter: ImVideoEditAdapter,
     path: str | Path,
@@ -93,11 +105,12 @@ def save_adapter(
     training: dict | None = None,
     dtype: torch.dtype | None = None,
     comfyui: bool = False,
+    expert: str | None = None,
+    pair: dict | None = None,
 ) -> Path:
-    """Write the adapter's weights with their metadata; `comfyui` writes the ComfyUI flavour (see above)."""
-    tensors = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    if comfyui:
-        tensors = to_comfyui_names(tensors)
+    """Write the adapter's weights with their metadata; `comfyui` writes the ComfyUI flavour (see above).
+    `expert` and `pair` ({file, payload_sha256}) mark one expert's file of a two-expert base (see above)."""
+    tensors = stored_tensors(adapter, dtype, comfyui)
     metadata = {
         "format": FORMAT_COMFYUI if comfyui else FORMAT,
         "format_version": FORMAT_VERSION,
@@ -107,6 +120,10 @@ def save_adapter(
     }
     if training is not None:
         metadata["training"] = json.dumps(training)
+    if expert is not None:
+        metadata["expert"] = expert
+    if pair is not None:
+        metadata["pair"] = json.dumps(pair)
     if comfyui:  # what ComfyUI's and other UIs' model browsers show (the "modelspec" convention)
         metadata |= {
             "modelspec.sai_model_spec": "1.0.0",
@@ -145,7 +162,7 @@ def read_adapter_metadata(path: str | Path) -> dict:
             "Upgrade imvedit or re-export the adapter.",
         )
     out = dict(meta)
-    for key in ("adapter_config", "base", "training"):
+    for key in ("adapter_config", "base", "training", "pair"):
         if key in out:
             out[key] = json.loads(out[key])
     return out
@@ -191,6 +208,79 @@ def load_adapter(path: str | Path, fingerprint: str | None = None) -> tuple[ImVi
     adapter.requires_grad_(False)
     adapter.base_identity = meta["base"]  # the pipeline refuses to pair it with another base
     return adapter, meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Two experts: a pair of files that name each other
+# ---------------------------------------------------------------------------------------------------
+
+EXPERT_NAMES = {"high": "the high-noise expert (transformer)", "low": "the low-noise expert (transformer_2)"}
+# A pair names its partner beside it, or in a sibling folder (a diffusers export's adapter/ and adapter_2/):
+# never an absolute path or one that climbs further, so a file cannot make imvedit read elsewhere.
+_PAIR_FILE = re.compile(r"(\.\./(?!\.\.?/)[\w.-]+/)?[\w.-]+\.safetensors")
+
+
+def second_name(name: str) -> str:
+    """The file name of the low-noise expert's adapter beside the high one's: adapter.safetensors -> adapter_2."""
+    p = Path(name)
+    return f"{p.stem}_2{p.suffix}"
+
+
+def save_adapter_pair(
+    adapters: dict, paths: dict, identities: dict, training: dict | None = None, **kwargs
+) -> dict[str, Path]:
+    """Write one adapter file per expert ({"high": ..., "low": ...}; either may be None); when both are given,
+    each file names the other and the other's payload hash. `kwargs` (dtype, comfyui) go to `save_adapter`."""
+    present = {e: a for e, a in adapters.items() if a is not None}
+    hashes = {
+        e: payload_sha256(stored_tensors(a, kwargs.get("dtype"), kwargs.get("comfyui", False)))
+        for e, a in present.items()
+    }
+    written = {}
+    for expert, adapter in present.items():
+        other = "low" if expert == "high" else "high"
+        pair = None
+        if other in present:
+            rel = Path(os.path.relpath(paths[other], Path(paths[expert]).parent)).as_posix()
+            pair = {"file": rel, "payload_sha256": hashes[other]}
+        written[expert] = save_adapter(
+            adapter, paths[expert], identities[expert], training=training, expert=expert, pair=pair, **kwargs
+        )
+    return written
+
+
+def adapter_files(path: str | Path, meta: dict | None = None) -> dict[str, Path]:
+    """The adapter files that an adapter file stands for: {"high": path} for a one-expert base's adapter, or
+    each expert's file of a pair, the partner found by name and checked to name this file back."""
+    path = Path(path)
+    meta = meta if meta is not None else read_adapter_metadata(path)
+    expert = meta.get("expert", "high")
+    if expert not in EXPERT_NAMES:
+        raise UsageError(f"{path} names an unknown expert {expert!r}.", "Export it again with this version of imvedit.")
+    pair = meta.get("pair")
+    if pair is None:
+        return {expert: path}
+    other = "low" if expert == "high" else "high"
+    name = str(pair.get("file", ""))
+    if not _PAIR_FILE.fullmatch(name):
+        raise UsageError(f"{path} names its pair as {name!r}, which is not a file beside it.", "Export the run again.")
+    partner = Path(os.path.normpath(path.parent / name))
+    if not partner.is_file():
+        raise UsageError(
+            f"{path} is the adapter of {EXPERT_NAMES[expert]}; its pair for {EXPERT_NAMES[other]}, {partner}, is missing.",
+            "Keep both files of the pair together (imvedit export copies both).",
+        )
+    partner_meta = read_adapter_metadata(partner)
+    if (
+        partner_meta.get("expert") != other
+        or partner_meta.get("payload_sha256") != pair.get("payload_sha256")
+        or (partner_meta.get("pair") or {}).get("payload_sha256") != meta.get("payload_sha256")
+    ):
+        raise UsageError(
+            f"{partner} is not the pair of {path}: the two files do not name each other's weights.",
+            "Use the two adapter files one run wrote together (or one export of them).",
+        )
+    return {expert: path, other: partner}
 
 
 def check_base(meta: dict, fingerprint: str, path: str | Path = "adapter") -> None:

@@ -252,9 +252,9 @@ def expert_count(name: str) -> int:
     if name in BUILTIN_BASES:
         return 1
     try:
-        configs = read_base_configs(name)
+        configs = read_base_configs(_source(name))
     except (OSError, ValueError) as e:
-        raise ImveditError(f"Could not read the configs of base {name!r}: {_first_line(e)}", _load_hint(name)) from e
+        raise ImveditError(f"Could not load base {name!r}: {_first_line(e)}", _load_hint(name)) from e
     return 2 if configs.transformer_2 is not None else 1
 
 
@@ -310,7 +310,8 @@ def load_base(
     return base
 
 
-def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: torch.dtype | None) -> Base:
+def _source(name: str) -> str:
+    """The folder or hub id a base name stands for, refusing what can be neither."""
     path = Path(name).expanduser()
     local = path.exists()
     if local and not (path / "model_index.json").is_file():
@@ -323,7 +324,11 @@ def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: 
             f"Base {name!r} is neither a folder nor a hub id.",
             f"Use a diffusers-format Wan folder, a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers, or one of: {', '.join(BUILTIN_BASES)}.",
         )
-    src = str(path) if local else name
+    return str(path) if local else name
+
+
+def _load_diffusers_layout(name: str, components: tuple[str, ...], torch_dtype: torch.dtype | None) -> Base:
+    src = _source(name)
     try:
         configs = read_base_configs(src)
         check_supported(configs, name)  # before any weights: an unsupported base is refused at once
