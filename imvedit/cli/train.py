@@ -64,6 +64,11 @@ def train(
     max_area: int | None = typer.Option(
         None, "--max-area", help="With --dry-run and no pairs folder: training pixels per pair. [default: 480x832]"
     ),
+    expert: str | None = typer.Option(
+        None,
+        "--expert",
+        help="A base with two experts (Wan2.2-A14B): train the adapter of the high-noise expert, the low-noise one, or both. [default: both]",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Train an ImVideoEdit adapter on image pairs; the base stays frozen."""
@@ -76,7 +81,7 @@ def train(
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
         "ema_decay": ema_decay, "optimizer": optimizer, "gate_supervision": gate_supervision,
-        "arch": arch,
+        "arch": arch, "expert": expert,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run
@@ -92,14 +97,25 @@ def train(
     emit(
         summary,
         json_out,
-        f"Trained {summary['steps']} steps (final loss {summary['final_loss']:.4f}); adapter in {cfg.output}/adapter.safetensors",
+        f"Trained {summary['steps']} steps (final loss {summary['final_loss']:.4f}); {_written(summary, cfg.output)}",
+    )
+
+
+def _written(summary: dict, output) -> str:
+    from ..training.train import FILES
+
+    if "experts" not in summary:
+        return f"adapter in {output}/{FILES['high']}"
+    return "; ".join(
+        f"{e}-noise expert: {summary['steps_per_expert'][e]} steps, {output}/{FILES[e]}" for e in summary["experts"]
     )
 
 
 def _plan_text(r: dict) -> str:
     e = r["estimate"]
+    experts = f" ({r['experts']} expert(s) trained, {r['expert_parameters'] / 1e9:.2f}B each)" if "experts" in r else ""
     lines = [
-        f"Base transformer: {r['transformer_parameters'] / 1e9:.2f}B parameters; adapter (trainable): "
+        f"Base transformer: {r['transformer_parameters'] / 1e9:.2f}B parameters{experts}; adapter (trainable): "
         f"{r['adapter_parameters'] / 1e6:.1f}M ({100 * r['adapter_fraction']:.1f}%).",
         f"Peak device memory, estimated ({r['note']}): {e['peak_gb']} GB for {e['tokens_per_step']} tokens per step",
         "  " + ", ".join(f"{k.replace('_', ' ')} {v} GB" for k, v in e["parts_gb"].items()),

@@ -9,6 +9,11 @@ With `gate_weight` > 0 the gate, averaged over blocks, is also pulled (binary cr
 the tokens where the pair itself changes: where the normalised source and target latents differ by more
 than `CHANGE_THRESHOLD` on average. Every image pair carries that signal, so no mask is needed; pairs
 trained without their source or their instruction are left out of it (the gate cannot know there).
+
+For a base with two experts (Wan2.2-A14B) each expert's adapter sees only its own part of the schedule:
+`sigma_range` restricts the sigma distribution to it (high noise: sigma >= boundary_ratio, low: below),
+by drawing u uniformly between the shift's inverses of the range's ends, so within the range the
+distribution is the unrestricted one's.
 """
 
 from __future__ import annotations
@@ -30,10 +35,45 @@ def changed_tokens(source_latents: torch.Tensor, target_latents: torch.Tensor, p
     return (F.avg_pool3d(d, tuple(patch_size))[:, 0] > CHANGE_THRESHOLD).float()
 
 
-def sample_sigmas(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Uniform u in (0, 1) shifted towards high noise as Wan's scheduler is: shift*u / (1 + (shift-1)*u)."""
-    u = torch.rand(batch, generator=generator)
+FULL_RANGE = (0.0, 1.0)
+
+
+def _shifted(u, shift: float):
     return shift * u / (1 + (shift - 1) * u)
+
+
+def _unshifted(sigma: float, shift: float) -> float:
+    """The u that `_shifted` maps to sigma."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def sample_sigmas(
+    batch: int, shift: float, generator: torch.Generator, sigma_range: tuple[float, float] = FULL_RANGE
+) -> torch.Tensor:
+    """Uniform u in (0, 1) shifted towards high noise as Wan's scheduler is: shift*u / (1 + (shift-1)*u);
+    with `sigma_range` = [low, high), that distribution restricted to the range."""
+    u = torch.rand(batch, generator=generator)
+    if tuple(sigma_range) == FULL_RANGE:
+        return _shifted(u, shift)
+    low, high = sigma_range
+    u_low, u_high = _unshifted(low, shift), _unshifted(high, shift)
+    sigma = _shifted(u_low + (u_high - u_low) * u, shift)
+    # rounding may land on an end; the range's high end belongs to the other expert
+    return sigma.clamp(low, torch.nextafter(torch.tensor(high), torch.tensor(low)).item())
+
+
+def expert_sigma_range(expert: str, boundary_ratio: float) -> tuple[float, float]:
+    """The sigmas an expert of a two-expert base denoises. Training's timestep is sigma * 1000, and Wan's
+    schedulers have 1000 training timesteps, so diffusers' t >= boundary_ratio * 1000 is sigma >= boundary_ratio."""
+    return (boundary_ratio, 1.0) if expert == "high" else (0.0, boundary_ratio)
+
+
+def pick_expert(experts: tuple[str, ...], boundary_ratio: float | None, shift: float, generator) -> str:
+    """The expert a step trains: the only one, or (both trained) the one whose range holds a sigma drawn
+    from the run's distribution, so each expert gets the share of steps its part of the schedule has."""
+    if len(experts) == 1:
+        return experts[0]
+    return "high" if sample_sigmas(1, shift, generator).item() >= boundary_ratio else "low"
 
 
 def flow_matching_loss(
@@ -50,15 +90,17 @@ def flow_matching_loss(
     shift: float = 3.0,
     forward=None,
     gate_weight: float = 0.0,
+    sigma_range: tuple[float, float] = FULL_RANGE,
 ) -> torch.Tensor:
     """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
-    gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call."""
+    gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call;
+    `sigma_range` the part of the schedule the model's expert denoises."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
     drop_source = (torch.rand(b, generator=generator) < source_dropout).to(device)
-    sigma = sample_sigmas(b, shift, generator).to(device, dtype)
+    sigma = sample_sigmas(b, shift, generator, sigma_range).to(device, dtype)
     noise = torch.randn(target_latents.shape, generator=generator).to(device, dtype)
 
     text = torch.where(drop_text[:, None, None], empty_text.expand_as(text), text)

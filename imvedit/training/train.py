@@ -4,6 +4,13 @@ A loop to read top to bottom: load the base, build the adapter, then for each ba
 with the frozen VAE and text encoder (or read both from the folder's cache, made by `imvedit prepare
 --cache` for this base, and then load neither), take one flow-matching step on the adapter alone, and
 at the end write the adapter file, the resolved config and a summary into the run folder.
+
+A base with two experts (Wan2.2-A14B) gets one adapter per expert (`--expert both`, the default), or one
+(`--expert high|low`). Each step draws its expert as the schedule would (`pick_expert`) and trains that
+expert's adapter on sigmas from its own part of the schedule; the adapters share the loop and the
+optimiser, whose state (AdamW's moments) is per parameter, so each adapter keeps its own and a step
+updates only the expert it ran (the other's gradients are None, which AdamW skips). Each adapter has its
+own EMA and its own file in every checkpoint; the run folder gets a pair of files that name each other.
 """
 
 from __future__ import annotations
@@ -30,14 +37,21 @@ from ..data.cache import CachedPairs, cache_matches, read_cache_meta
 from ..data.pairs import BucketBatchSampler, PairsDataset
 from ..errors import UsageError
 from ..fsutil import atomic_path, staged_dir
-from ..models.adapter_file import save_adapter
-from ..models.bases import COMPONENTS, load_base
+from ..models.adapter_file import save_adapter, save_adapter_pair, second_name
+from ..models.bases import COMPONENTS, EXPERTS, expert_count, load_base
 from ..models.imvedit import ARCH_DEFAULTS, ARCHS, ImVideoEditAdapter, ImVideoEditTransformer
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
-from .flow_matching import flow_matching_loss
+from .flow_matching import FULL_RANGE, expert_sigma_range, flow_matching_loss, pick_expert
 
 TEXT_CHOICES = ("instruction", "description", "mixed")
 OPTIMIZERS = ("adamw", "adamw-fused", "adamw8bit")
+EXPERT_CHOICES = ("high", "low", "both")
+ADAPTER_FILE = "adapter.safetensors"
+EMA_FILE = "adapter_ema.safetensors"
+# Each expert's file in the run folder and in checkpoints: the one transformer's (or the high-noise expert's)
+# adapter is adapter.safetensors, the low-noise expert's adapter_2.safetensors.
+FILES = {"high": ADAPTER_FILE, "low": second_name(ADAPTER_FILE)}
+EMA_FILES = {"high": EMA_FILE, "low": second_name(EMA_FILE)}
 
 
 @dataclass
@@ -83,6 +97,9 @@ class TrainConfig:
     # adapter, run frame by frame at inference). "sdedit" needs no training.
     arch: str = "imvedit"
     adapter: dict = field(default_factory=dict)  # ImVideoEditAdapter switches: rank, branches, gate, ...
+    # A base with two experts (Wan2.2-A14B): train the adapter of the high-noise expert, the low-noise one,
+    # or both (None: both). Each sees only timesteps of its own expert. Refused for a one-expert base.
+    expert: str | None = None
 
     def validate(self) -> None:
         if Path(self.pairs_dir).is_file():
@@ -133,6 +150,7 @@ class TrainConfig:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}.")
+        check_expert_option(self.expert, self.model)
         if self.cache not in ("auto", "no"):
             raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -192,6 +210,26 @@ class TrainConfig:
         return d
 
 
+def check_expert_option(expert: str | None, model: str, experts: int | None = None) -> None:
+    """--expert names one of EXPERT_CHOICES, and only for a base with two experts (read from its configs)."""
+    if expert is None:
+        return
+    if expert not in EXPERT_CHOICES:
+        raise UsageError(f"--expert must be one of {', '.join(EXPERT_CHOICES)}, got {expert!r}.")
+    if (experts or expert_count(model)) == 1:
+        raise UsageError(
+            f"--expert chooses between the two experts of a Wan2.2-A14B base; {model} has one transformer.",
+            "Drop --expert.",
+        )
+
+
+def trained_experts(expert: str | None, base_experts: tuple[str, ...]) -> tuple[str, ...]:
+    """The experts a run trains: the one transformer ("high"), or per --expert (default: both)."""
+    if len(base_experts) == 1:
+        return base_experts
+    return EXPERTS if expert in (None, "both") else (expert,)
+
+
 def train(config: TrainConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train and write the run folder. `progress(step, total_steps, loss)` is called after each step."""
     from accelerate import Accelerator
@@ -201,14 +239,17 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
 
-    # 1. The frozen base and a fresh adapter (its init is fixed by the seed). With a cache made for this
-    #    base the VAE and the text encoder are not even loaded.
+    # 1. The frozen base and a fresh adapter per trained expert (the init is fixed by the seed). With a
+    #    cache made for this base the VAE and the text encoder are not even loaded.
     cached = config.cache == "auto" and cache_usable(config.pairs_dir, config.model)
-    components = ("transformer", "scheduler") if cached else COMPONENTS
+    components = ("transformer", "transformer_2", "scheduler") if cached else COMPONENTS
     # The base is frozen, so it needs no fp32 master copy: under mixed precision it is loaded in that dtype.
     base_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
     base = load_base(config.model, torch_dtype=base_dtype, components=components)
-    for m in (base.transformer, base.vae, base.text_encoder):
+    experts = trained_experts(config.expert, base.experts)
+    # An expert not trained stays off the device, unless validation pictures sample through it.
+    on_device = base.experts if config.validate_every else experts
+    for m in (*(base.expert(e) for e in on_device), base.vae, base.text_encoder):
         if m is not None:
             m.to(device)
     if cached and not cache_matches(config.pairs_dir, config.model, base.fingerprint):
@@ -217,11 +258,12 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             "Re-run `imvedit prepare --cache --model` for this base, or train with --cache no.",
         )
     torch.manual_seed(config.seed)
-    adapter = ImVideoEditAdapter.for_base(base.transformer, arch=config.arch, **config.adapter)
-    model = ImVideoEditTransformer(base.transformer, adapter)
+    adapters = {e: ImVideoEditAdapter.for_base(base.expert(e), arch=config.arch, **config.adapter) for e in experts}
+    models = {e: ImVideoEditTransformer(base.expert(e), a) for e, a in adapters.items()}
     if config.gradient_checkpointing:
-        base.transformer.enable_gradient_checkpointing()
-    optimizer = make_optimizer(config, adapter.parameters())
+        for e in experts:
+            base.expert(e).enable_gradient_checkpointing()
+    optimizer = make_optimizer(config, [{"params": list(a.parameters())} for a in adapters.values()])
     # Under `accelerate launch` each process takes its share of every epoch's batches (DDP syncs gradients).
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
@@ -233,9 +275,15 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     steps_per_epoch = len(sampler)
     total = config.max_steps or steps_per_epoch * config.epochs
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    # after prepare: the averaged copy lives on the adapter's device
-    ema = EMAModel(adapter.parameters(), decay=config.ema_decay) if config.ema_decay else None
+    *prepared, optimizer = accelerator.prepare(*models.values(), optimizer)
+    ddp_models = dict(zip(experts, prepared, strict=True))
+    # after prepare: the averaged copies live on the adapters' device
+    emas = (
+        {e: EMAModel(a.parameters(), decay=config.ema_decay) for e, a in adapters.items()} if config.ema_decay else {}
+    )
+    sigma_ranges = {
+        e: expert_sigma_range(e, base.boundary_ratio) if base.boundary_ratio else FULL_RANGE for e in experts
+    }
 
     if cached:
         empty_text, empty_gate = items.empty_text.to(device), items.empty_pooled.to(device)
@@ -247,10 +295,13 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     run_dir = Path(config.output)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
     generator = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)  # rank 0: the single-process run
+    # Which expert a step trains is drawn alike on every process: DDP needs all of them to run the same model.
+    expert_generator = torch.Generator().manual_seed(config.seed + 7)
+    generators = {"generator": generator, "expert_generator": expert_generator}
     step, epoch0, batch0, losses = 0, 0, 0, []
     checkpoint = resolve_checkpoint(run_dir, config.resume) if config.resume else None
     if checkpoint is not None:
-        step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapter, optimizer, schedule, generator, ema)
+        step, epoch0, batch0, losses = _load_checkpoint(checkpoint, adapters, optimizer, schedule, generators, emas)
     elif main:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # validate() allowed it (--overwrite)
@@ -261,7 +312,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     def save_checkpoint(epoch: int, batch: int) -> None:
         nonlocal saved_any
         if main:
-            _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, ema, config)
+            _save_checkpoint(
+                run_dir, step, epoch, batch, losses, adapters, optimizer, schedule, generators, emas, config
+            )
         saved_any = True
 
     # 3. The loop. Ctrl-C / SIGTERM only raise a flag; the step in flight finishes, a checkpoint is written
@@ -294,9 +347,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                             if gtext != xattn:  # one text-encoder pass when both read the same text
                                 _, gate_pooled = encode_text(base.tokenizer, base.text_encoder, gtext)
                     source, target = _fit_patches(source, base.transformer), _fit_patches(target, base.transformer)
+                    expert = pick_expert(experts, base.boundary_ratio, config.flow_shift, expert_generator)
                     with accelerator.autocast():
                         loss = flow_matching_loss(
-                            model,
+                            models[expert],
                             source,
                             target,
                             text,
@@ -307,8 +361,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                             config.text_dropout,
                             config.source_dropout,
                             config.flow_shift,
-                            forward=ddp_model,
+                            forward=ddp_models[expert],
                             gate_weight=config.gate_supervision,
+                            sigma_range=sigma_ranges[expert],
                         )
                     if not torch.isfinite(loss):
                         raise UsageError(
@@ -318,8 +373,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                     accelerator.backward(loss)
                     optimizer.step()
                     schedule.step()
-                    if ema is not None:
-                        ema.step(adapter.parameters())
+                    if expert in emas:
+                        emas[expert].step(adapters[expert].parameters())
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     losses.append(loss.item())
@@ -332,6 +387,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                         "seconds": round(now - start, 3),
                         "pairs_per_s_per_process": round(len(source) / max(now - last, 1e-9), 2),
                         "processes": world,
+                        **({"expert": expert} if len(base.experts) > 1 else {}),
                     }
                     last = now
                     log.write(json.dumps(record) + "\n")
@@ -339,7 +395,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                         log.flush()
                         save_checkpoint(epoch, batch_index + 1)
                     if config.validate_every and (step % config.validate_every == 0 or step == total) and main:
-                        _validate(config, base, adapter, dataset, run_dir / "validation" / f"step-{step:08d}.png")
+                        _validate(config, base, adapters, dataset, run_dir / "validation" / f"step-{step:08d}.png")
                     if stop.requested:
                         raise KeyboardInterrupt
                     if progress:
@@ -361,23 +417,27 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
         "seconds": round(seconds, 3),
         "final_loss": losses[-1],
         "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-        "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
-        "base_parameters": sum(p.numel() for p in base.transformer.parameters()),
+        "trainable_parameters": sum(p.numel() for a in adapters.values() for p in a.parameters()),
+        "base_parameters": sum(p.numel() for e in experts for p in base.expert(e).parameters()),
         "resumed_from": str(checkpoint) if checkpoint else None,
         "processes": world,
     }
-    model.detach()
+    if len(base.experts) > 1:
+        summary |= {"experts": list(experts), "boundary_ratio": base.boundary_ratio}
+    for m in models.values():
+        m.detach()
     accelerator.wait_for_everyone()
     if not main:
         return summary
-    with atomic_path(run_dir / "adapter.safetensors") as tmp:
-        save_adapter(adapter, tmp, base.identity, training={**summary, "config": config.to_dict()})
-    if ema is not None:
-        averaged = copy.deepcopy(adapter)
-        ema.copy_to(averaged.parameters())
-        with atomic_path(run_dir / "adapter_ema.safetensors") as tmp:
-            training = {**summary, "ema_decay": config.ema_decay, "config": config.to_dict()}
-            save_adapter(averaged, tmp, base.identity, training=training)
+    if len(base.experts) > 1:
+        summary["steps_per_expert"] = _steps_per_expert(run_dir / "log.jsonl", experts)
+    training = {**summary, "config": config.to_dict()}
+    _save_adapters(adapters, base, run_dir, FILES, training)
+    if emas:
+        averaged = {e: copy.deepcopy(a) for e, a in adapters.items()}
+        for e, ema in emas.items():
+            ema.copy_to(averaged[e].parameters())
+        _save_adapters(averaged, base, run_dir, EMA_FILES, {**training, "ema_decay": config.ema_decay})
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     with atomic_path(run_dir / "summary.json") as tmp:
@@ -387,7 +447,31 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
     return summary
 
 
+def _save_adapters(adapters: dict, base, run_dir: Path, files: dict, training: dict) -> None:
+    """The one adapter of a one-expert base as before; a two-expert base's as files that name each other."""
+    if len(base.experts) == 1:
+        save_adapter(adapters["high"], run_dir / files["high"], base.identity, training=training)
+        return
+    paths = {e: run_dir / files[e] for e in adapters}
+    save_adapter_pair(adapters, paths, {e: base.identity_of(e) for e in adapters}, training)
+
+
+def _steps_per_expert(log_path: Path, experts: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(experts, 0)
+    for line in log_path.read_text().splitlines():
+        if line.strip():
+            counts[json.loads(line)["expert"]] += 1
+    return counts
+
+
 def _model_card(config: TrainConfig, summary: dict, base) -> str:
+    experts = ""
+    if len(base.experts) > 1:
+        files = " and ".join(
+            f"`{FILES[e]}` ({e}-noise expert, {summary['steps_per_expert'][e]} steps)" for e in summary["experts"]
+        )
+        alone = "" if len(summary["experts"]) == 2 else " The other expert runs unadapted."
+        experts = f"A base with two experts (boundary ratio {base.boundary_ratio}): {files}.{alone}\n\n"
     return (
         f"# ImVideoEdit adapter\n\n"
         f"An edit adapter for the frozen base `{base.name}` (transformer fingerprint `{base.fingerprint}`), "
@@ -398,14 +482,15 @@ def _model_card(config: TrainConfig, summary: dict, base) -> str:
         f"| time | {summary['seconds']:.0f} s |\n"
         f"| final loss | {summary['final_loss']:.4f} (mean of the last 10: {summary['mean_loss_last_10']:.4f}) |\n"
         f"| trainable parameters | {summary['trainable_parameters']:,} |\n\n"
+        f"{experts}"
         f'```bash\nimvedit edit in.mp4 "your instruction" -o out.mp4 --adapter adapter.safetensors\n```\n\n'
         f"The full training config is in `config.yaml`, the loss per step in `log.jsonl`.\n"
     )
 
 
 @torch.no_grad()
-def _validate(config: TrainConfig, base, adapter, dataset, path: Path) -> None:
-    """Edit the first pairs of the folder with the adapter as it is now: one row per pair (source, edit,
+def _validate(config: TrainConfig, base, adapters: dict, dataset, path: Path) -> None:
+    """Edit the first pairs of the folder with the adapters as they are now: one row per pair (source, edit,
     target, gate) in a PNG, so the user sees the edit being learned."""
     from ..evaluation.toy_bench import contact_sheet
     from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
@@ -413,13 +498,14 @@ def _validate(config: TrainConfig, base, adapter, dataset, path: Path) -> None:
     if base.vae is None or base.text_encoder is None:  # trained from a cache: load them for this, once
         extra = load_base(config.model, torch_dtype=torch.float32, components=("vae", "text_encoder", "tokenizer"))
         base.vae, base.text_encoder, base.tokenizer = extra.vae, extra.text_encoder, extra.tokenizer
-    device = next(adapter.parameters()).device
+    device = next(next(iter(adapters.values())).parameters()).device
     base.vae.to(device)
     base.text_encoder.to(device)
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
+    pipe = ImVideoEditPipeline.from_base(base, adapters.get("high"), adapters.get("low"))
     pipe.set_progress_bar_config(disable=True)
-    was_training = adapter.training
-    adapter.eval()
+    was_training = {e: a.training for e, a in adapters.items()}
+    for a in adapters.values():
+        a.eval()
     rows = []
     size = (dataset.rows[0]["width"], dataset.rows[0]["height"])
     same_size = [i for i, r in enumerate(dataset.rows) if (r["width"], r["height"]) == size]  # one picture grid
@@ -431,7 +517,8 @@ def _validate(config: TrainConfig, base, adapter, dataset, path: Path) -> None:
                    num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(i))  # fmt: skip
         gate = out.gate[0] if out.gate is not None else source[..., 0] * 0
         rows.append(np.stack([source, out.frames[0], to_img(item["target"]), np.repeat(gate[..., None], 3, -1)]))
-    adapter.train(was_training)
+    for e, a in adapters.items():
+        a.train(was_training[e])
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         contact_sheet(rows, tmp, max_columns=4)
@@ -469,20 +556,23 @@ def resolve_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
     return found[-1].parent if found else None
 
 
-def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, schedule, generator, ema, config) -> None:
-    """Adapter weights, optimiser and schedule state, the RNG and the data position, atomically."""
+EMA_KEYS = {"high": "ema", "low": "ema_2"}  # in a checkpoint's training_state.pt
+
+
+def _save_checkpoint(run_dir, step, epoch, batch, losses, adapters, optimizer, schedule, generators, emas, config):
+    """Each adapter's weights, optimiser and schedule state, the RNGs and the data position, atomically."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
     with staged_dir(root / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()},
-            str(tmp / "adapter.safetensors"),
-        )
+        for expert, adapter in adapters.items():
+            weights = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+            save_file(weights, str(tmp / FILES[expert]))
         torch.save(
-            {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(),
-             "torch": torch.get_rng_state(), **({"ema": ema.state_dict()} if ema is not None else {})},
+            {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             **{name: g.get_state() for name, g in generators.items()}, "torch": torch.get_rng_state(),
+             **{EMA_KEYS[e]: ema.state_dict() for e, ema in emas.items()}},
             tmp / "training_state.pt",
         )  # fmt: skip
         state = {"step": step, "epoch": epoch, "batch": batch, "losses": losses}
@@ -491,22 +581,30 @@ def _save_checkpoint(run_dir, step, epoch, batch, losses, adapter, optimizer, sc
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(path: Path, adapter, optimizer, schedule, generator, ema) -> tuple[int, int, int, list[float]]:
+def _load_checkpoint(path: Path, adapters, optimizer, schedule, generators, emas) -> tuple[int, int, int, list[float]]:
     from safetensors.torch import load_file
 
-    adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))
+    for expert, adapter in adapters.items():
+        if not (path / FILES[expert]).is_file():
+            raise UsageError(
+                f"Checkpoint {path} holds no adapter for the {expert}-noise expert.",
+                "Resume with the --expert the run was started with.",
+            )
+        adapter.load_state_dict(load_file(str(path / FILES[expert])))
     # weights_only: a checkpoint holds tensors and numbers; anything else is refused, not executed
     training = torch.load(path / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(training["optimizer"])
     schedule.load_state_dict(training["schedule"])
-    generator.set_state(training["generator"])
+    for name, g in generators.items():
+        if name in training:  # checkpoints of one-expert runs made before expert_generator existed lack it
+            g.set_state(training[name])
     torch.set_rng_state(training["torch"])
-    if ema is not None:
-        if "ema" not in training:
+    for expert, ema in emas.items():
+        if EMA_KEYS[expert] not in training:
             raise UsageError(
                 f"Checkpoint {path} holds no EMA weights.", "Resume without --ema-decay, or start a new run."
             )
-        ema.load_state_dict(training["ema"])
+        ema.load_state_dict(training[EMA_KEYS[expert]])
     state = json.loads((path / "state.json").read_text())
     return state["step"], state["epoch"], state["batch"], list(state["losses"])
 
@@ -618,10 +716,13 @@ def dry_run(yaml_path: str | Path | None, overrides: dict, gpu_memory: float | N
     unknown = set(get("adapter")) - set(ImVideoEditAdapter.config_switches())
     if unknown:
         raise UsageError(f"Unknown adapter option(s): {', '.join(sorted(unknown))}.")
+    inp = read_plan_input(get("model"))
+    check_expert_option(get("expert"), get("model"), inp.experts)
+    experts = trained_experts(get("expert"), EXPERTS[: inp.experts])
     return {
         "model": get("model"),
         **plan(
-            read_plan_input(get("model")), {**get("adapter"), "arch": get("arch")}, area, get("batch_size"), get("mixed_precision"),
-            bool(get("gradient_checkpointing")), cached, gpu_memory,
+            inp, {**get("adapter"), "arch": get("arch")}, area, get("batch_size"), get("mixed_precision"),
+            bool(get("gradient_checkpointing")), cached, gpu_memory, experts=len(experts),
         ),
     }  # fmt: skip
