@@ -75,5 +75,13 @@ def _print_inspection(info: dict) -> None:
     if training:
         keys = ("pairs", "steps", "seconds", "final_loss")
         table.add_row("training", ", ".join(f"{k}={training[k]}" for k in keys if k in training))
+    for x in info.get("experts", []):  # Wan2.2-A14B: each expert's file, its base and the file it pairs with
+        pair = f"pairs with {x['pair']['file']}" if x.get("pair") else "no pair"
+        hashed = "sha256 ok" if x["hash_ok"] else "sha256 MISMATCH"
+        table.add_row(
+            f"{x['expert']}-noise expert", f"{x['path']} (base {x['base']}, {x['base_fingerprint']}; {pair}; {hashed})"
+        )
+    if "note" in info:
+        table.add_row("experts", info["note"])
     table.add_row("sha256", "ok" if info["hash_ok"] else f"MISMATCH: {info.get('problem')}")
     Console(highlight=False).print(table)
