@@ -86,12 +86,48 @@ def edit(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per job."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or notes."),
+    # --dry-run: the device-memory plan of the edit; no input, no weights, nothing written
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the edit's device-memory plan (per component, auto's choice and what fits); edit nothing.",
+    ),
+    size: str | None = typer.Option(
+        None, "--size", help="With --dry-run: the working size WxH. [default: the base's area at 832:480]"
+    ),
+    frames: int | None = typer.Option(
+        None, "--frames", help="With --dry-run: frames of the clip. [default: one window]"
+    ),
+    gpu_memory: float | None = typer.Option(
+        None,
+        "--gpu-memory",
+        help="With --dry-run: GiB of device memory to fit. [default: the GPU's free memory, else 24]",
+    ),
+    measure: bool = typer.Option(
+        False,
+        "--measure",
+        help="With --dry-run: also run the edit's phases on the meta device and show what they hold.",
+    ),
 ) -> None:
     """Edit videos or images with a text prompt: one file, several (-o FOLDER), or a --jobs file."""
     from ..batch import jobs_for_inputs, read_jobs, run_jobs, shard
     from ..edit import EditConfig, resolve_model
     from ..edit import edit as run_edit
     from ..errors import UsageError
+
+    if dry_run:
+        from ..memory.dry_run import DryRunRequest, edit_dry_run
+
+        req = DryRunRequest(
+            model, adapter, size, frames, gpu_memory, window, overlap, guidance, source_guidance, source_cache,
+            cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure,
+        )  # fmt: skip
+        result = run(lambda: edit_dry_run(req))
+        if json_out:
+            sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
+        else:
+            print_memory_plan(result)
+        return
 
     options = dict(
         model=model, adapter=adapter, steps=steps, guidance=guidance, source_guidance=source_guidance,
@@ -160,3 +196,57 @@ def edit(
         err_console.print(f"{len(mine) - failed} of {len(mine)} jobs done, {failed} failed.", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+COMPONENTS = {
+    "transformer_weights": "transformer weights (on the device)",
+    "adapter_weights": "adapter weights",
+    "text_encoder": "text encoder: weights + encoding",
+    "vae_encode": "VAE encode: weights + activations",
+    "vae_decode": "VAE decode: weights + activations",
+    "source_cache": "source cache on the device while denoising",
+    "step": "one denoising step's activations",
+    "source_stream": "recording the source (above its cache)",
+    "latents": "latents and prompt embeddings",
+}
+
+
+def _options_label(o: dict) -> str:
+    tiling = "tiled VAE" if o["vae_tiling"] else "untiled VAE"
+    return f"cache {o['source_cache']}, cfg-batch {o['cfg_batch']}, offload {o['offload']}, {o['base_dtype']}, {tiling}"
+
+
+def print_memory_plan(r: dict) -> None:
+    """The dry run for a terminal: the chosen plan per component and phase, then every option set tried."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    out.print(
+        f"Memory plan: {r['model']} at {r['size']}, {r['frames']} frames ({r['windows']} window(s) of "
+        f"{r['tokens_per_window']:,} tokens), on {r['gpu_memory_gib']:g} GiB (usable {r['usable_gib']:g}).",
+        markup=False,
+    )
+    measured = r.get("measured")
+    table = Table(title=f"Chosen: {_options_label(r['options'])}", title_justify="left")
+    table.add_column("component")
+    table.add_column("GiB (plan)", justify="right")
+    if measured:
+        table.add_column("GiB (meta measured)", justify="right")
+    for key, value in r["components"].items():
+        table.add_row(
+            COMPONENTS.get(key, key), f"{value:.2f}", *([f"{measured['components'][key]:.2f}"] if measured else [])
+        )
+    table.add_section()
+    for key, value in r["phases"].items():
+        row = [f"peak while: {key}", f"{value:.2f}"]
+        table.add_row(*row, *([f"{measured['phases'].get(key, 0):.2f}"] if measured else []))
+    out.print(table)
+    verdict = "fits" if r["fits"] else "does not fit"
+    out.print(f"Device peak {r['peak_gib']:.2f} GiB (in {r['dominant']}): {verdict}.", markup=False)
+    tried = Table(title="Option sets tried, fastest first", title_justify="left")
+    for column in ("options", "peak GiB", "fits", "peak while"):
+        tried.add_column(column)
+    for a in r["alternatives"]:
+        tried.add_row(_options_label(a["options"]), f"{a['peak_gib']:.2f}", "yes" if a["fits"] else "no", a["dominant"])
+    out.print(tried)
