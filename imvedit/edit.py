@@ -282,8 +282,9 @@ class Editor:
                tuple(config.lora), config.attention_backend)  # fmt: skip
         if key not in self.loaded:
             self.loaded.clear()  # one model in memory at a time
-            base, loaded = load_model(model, adapter, torch.device("cpu"), dtype, config.arch)
-            pipe = ImVideoEditPipeline.from_base(base, loaded)
+            loaded = load_model(model, adapter, torch.device("cpu"), dtype, config.arch)
+            base = loaded.base
+            pipe = ImVideoEditPipeline.from_base(base, loaded.adapter, loaded.adapter_2)
             pipe.set_progress_bar_config(disable=True)
             transformers = [t for t in (pipe.transformer, pipe.transformer_2) if t is not None]
             for t in transformers:

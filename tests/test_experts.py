@@ -114,3 +114,27 @@ def test_the_inactive_expert_waits_off_the_device_when_asked():
     pipe(frames, "make it red", num_inference_steps=4, guidance_scale=3.0, strength=0.9)
     assert ("high", "cpu") in moves and moves.index(("high", "cpu")) < len(moves) - 1
     assert moves[-1][0] == "low"  # the low expert is brought in last, after the high one went out
+
+
+def test_imvedit_edit_runs_both_experts_adapters_from_a_trained_pair(tmp_path, a14b_folder, pairs_folder, clip):
+    """The real CLI end to end: `train --expert both` writes the pair, `edit` loads it and adapts each expert."""
+    import subprocess
+    import sys
+
+    from imvedit.edit import EditConfig, Editor, memory_options
+
+    def imvedit(*args):
+        r = subprocess.run([sys.executable, "-m", "imvedit", *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    imvedit("prepare", pairs_folder, "-o", tmp_path / "prepared", "--max-area", 32 * 32)
+    imvedit("train", tmp_path / "prepared", "-o", tmp_path / "run", "--model", a14b_folder, "--max-steps", 4)
+    out = tmp_path / "out.mp4"
+    imvedit(
+        "edit", clip, "invert the colours", "-o", out, "--adapter", tmp_path / "run", "--steps", 4, "--max-area", 1024
+    )
+    assert (tmp_path / "out.mp4").is_file()
+    config = EditConfig(clip, "invert", tmp_path / "x.mp4", adapter=str(tmp_path / "run"))
+    pipe, _, _ = Editor().pipeline(config, memory_options(config)["offload"])
+    assert pipe.transformer_2 is not None and pipe.config.boundary_ratio == BOUNDARY
+    assert pipe.adapter is not None and pipe.adapter_2 is not None and pipe.adapter is not pipe.adapter_2

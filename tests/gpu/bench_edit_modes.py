@@ -41,13 +41,15 @@ def pattern(frames: int, width: int, height: int) -> np.ndarray:
 def build(args, mode: str) -> ImVideoEditPipeline:
     cache, cfg, offload, *rest = mode.split("/")
     device, dtype = torch.device("cuda"), torch.bfloat16
-    base, adapter = load_model(args.model, args.adapter, torch.device("cpu"), dtype)
-    if adapter is None:
-        adapter = ImVideoEditAdapter.for_base(base.transformer).to(dtype)
-        with torch.no_grad():
-            for p in adapter.parameters():
-                p.normal_(0, 0.02)
-    pipe = ImVideoEditPipeline.from_base(base, adapter)
+    loaded = load_model(args.model, args.adapter, torch.device("cpu"), dtype)
+    base, adapters = loaded.base, [loaded.adapter, loaded.adapter_2]
+    for i, t in enumerate((base.transformer, base.transformer_2)):
+        if t is not None and adapters[i] is None and args.adapter is None:  # random weights: same memory and time
+            adapters[i] = ImVideoEditAdapter.for_base(t).to(dtype)
+            with torch.no_grad():
+                for p in adapters[i].parameters():
+                    p.normal_(0, 0.02)
+    pipe = ImVideoEditPipeline.from_base(base, *adapters)
     pipe.set_progress_bar_config(disable=True)
     if rest and rest[0] == "fp8":
         pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
