@@ -141,3 +141,34 @@ def test_windows_compute_their_source_when_first_denoised_and_free_it_before_dec
     step_1 = ["forward", "encode", "forward"] * windows
     assert events == step_1 + ["forward"] * windows
     assert at_decode == [0]
+
+
+def test_live_storage_after_a_step_is_what_it_was_before(tiny_base):
+    """Measured, not inferred: the bytes of every tensor alive on the CPU, tracked while the passes run. After
+    an edit pass only its output, the cache and the pass state (timestep and gate-text embeddings, a row
+    each, kept for gradient checkpointing's re-run) are alive; after a plain base call only its output."""
+    from imvedit.memory.live import LiveStorage
+
+    base = tiny_base.transformer
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    x, src, text = torch.randn(2, 4, 3, 8, 8), torch.randn(1, 4, 3, 8, 8), torch.randn(2, 7, 16)
+    t, empty, gate_text = torch.tensor([500.0, 500.0]), torch.zeros(1, 7, 16), torch.randn(2, 16)
+    with torch.no_grad(), LiveStorage("cpu") as live:
+        live.adopt(base, model.adapter)  # the weights and inputs are resident from the start, not new when read
+        for v in (x, src, text, t, empty, gate_text):
+            live.track(v)
+        features = model.encode_source(src, empty, prepare=True)
+        gc.collect()
+        with_cache = live.current
+        assert with_cache >= features.nbytes > 0
+        for source in (features, RecomputedSource(src, empty), None, features):
+            out = model(x, t, text, source, gate_text)
+            state = sum(
+                v.untyped_storage().nbytes() for v in (model.state.temb, model.state.gate_text) if v is not None
+            )
+            gc.collect()
+            assert live.current - out.untyped_storage().nbytes() - state <= with_cache, source
+            del out
+        del features, source
+        gc.collect()
+        assert live.current < with_cache
