@@ -230,45 +230,21 @@ def plan_edit(spec: BaseSpec, shape: EditShape, options: MemoryOptions) -> Plan:
         )
     t = _Transformer.of(spec, w)
     g = _geometry(spec, shape, t)
-    n = g["tokens"]
-    sources = 2 if shape.source_guidance else 1
-    recompute = 1 if options.source_cache == "recompute" else 0
-
-    # Weights on the device while each model runs
-    transformer = w["transformer_group"] if options.offload == "group" else w["transformer"]
-    text_encoder = w["text_encoder_group"] if options.offload == "group" else w["text_encoder"]
-    latents = g["latent_elements"] * (BF16 + 2 * FP32)  # the source latents (bf16); latents and prediction (fp32)
-    text = PROMPTS * spec.prompt_tokens * (t.text_dim * BF16 + FP32)  # embeddings + pooled
-
-    # Activations
-    te = _text_encoder_activations(spec.config("text_encoder"), spec.prompt_tokens)
-    vae = g["vae"]
-    enc = encode_bytes(vae, shape.latent_frames * 4 - 3, shape.height, shape.width, options.vae_tiling)
-    dec = decode_bytes(vae, shape.latent_frames, shape.height, shape.width, options.vae_tiling)
-    base = t.forward_base
-    step = max(base(n, b + recompute, spec.prompt_tokens) + t.edit_block(n, b, recompute) for b in _forwards(shape, options.cfg_batch))  # fmt: skip
-    block = t.block_bytes(n)
-    per_window = sources * t.sda_blocks * block
-    cache = {"device": len(g["windows"]) * per_window, "cpu": 2 * block, "recompute": 0}[options.source_cache]
-    before, after = t.record_block(n)
-    if options.source_cache == "device":  # the earlier windows' caches, then this one's growing block by block
-        kept = (len(g["windows"]) - 1) * per_window + (sources - 1) * t.sda_blocks * block
-        record = kept + max((t.sda_blocks - 1) * block + before, t.sda_blocks * block + after)
-    else:  # each block's record leaves for host memory as soon as it is made
-        record = max(before, after)
-    record += base(n, 1, spec.prompt_tokens)
-
+    group = options.offload == "group"  # then what group offloading keeps of each model
+    transformer = w["transformer_group"] if group else w["transformer"]
+    frames, h, wd, tiling = shape.latent_frames * 4 - 3, shape.height, shape.width, options.vae_tiling
     components = {
         "transformer_weights": transformer,
         "adapter_weights": w["adapter"],
-        "text_encoder": text_encoder + te,
-        "vae_encode": w["vae"] + enc,
-        "vae_decode": w["vae"] + dec,
-        "source_cache": cache,
-        "step": step,
-        # recording one window, above the cache it leaves (device: counted in source_cache)
-        "source_stream": 0 if recompute else record - (cache if options.source_cache == "device" else 0),
-        "latents": latents + text,
+        "text_encoder": w["text_encoder_group" if group else "text_encoder"]
+        + _text_encoder_activations(spec.config("text_encoder"), spec.prompt_tokens),
+        "vae_encode": w["vae"] + encode_bytes(g["vae"], frames, h, wd, tiling),
+        "vae_decode": w["vae"] + decode_bytes(g["vae"], shape.latent_frames, h, wd, tiling),
+        "source_cache": _cache(t, g, shape, options),
+        "step": _step(t, g["tokens"], shape, options, spec.prompt_tokens),
+        "source_stream": _record(t, g, shape, options, spec.prompt_tokens),
+        # the source latents (bf16), the latents and the blended prediction (fp32), the prompts' embeddings
+        "latents": g["latent_elements"] * (BF16 + 2 * FP32) + PROMPTS * spec.prompt_tokens * (t.text_dim * BF16 + FP32),
     }
     phases = _phases(components, w, options, transformer)
     gib = lambda v: round(v / GIB, 2)  # noqa: E731
@@ -276,8 +252,38 @@ def plan_edit(spec: BaseSpec, shape: EditShape, options: MemoryOptions) -> Plan:
         options,
         {k: gib(v) for k, v in components.items()},
         {k: gib(v) for k, v in phases.items()},
-        {"tokens_per_window": n, "windows": len(g["windows"]), "sda_blocks": t.sda_blocks},
+        {"tokens_per_window": g["tokens"], "windows": len(g["windows"]), "sda_blocks": t.sda_blocks},
     )
+
+
+def _cache(t: _Transformer, g: dict, shape: EditShape, options: MemoryOptions) -> int:
+    """The source cache on the device while denoising: every window's (and the null source's) with
+    `device`, the block running and the one prefetched with `cpu`, nothing with `recompute`."""
+    block = t.block_bytes(g["tokens"])
+    sources = 2 if shape.source_guidance else 1
+    every = len(g["windows"]) * sources * t.sda_blocks * block
+    return {"device": every, "cpu": 2 * block, "recompute": 0}[options.source_cache]
+
+
+def _step(t: _Transformer, tokens: int, shape: EditShape, options: MemoryOptions, prompt_tokens: int) -> int:
+    """The largest forward of a step (with `recompute`, each has one more row: the source)."""
+    r = 1 if options.source_cache == "recompute" else 0
+    return max(
+        t.forward_base(tokens, rows + r, prompt_tokens) + t.edit_block(tokens, rows, r)
+        for rows in _forwards(shape, options.cfg_batch)
+    )
+
+
+def _record(t: _Transformer, g: dict, shape: EditShape, options: MemoryOptions, prompt_tokens: int) -> int:
+    """Recording one window's source, above the cache it leaves behind. With the device cache the record
+    grows block by block, so the peak is at the last SDA block (or the feed-forward after it); with the
+    host cache each block's record leaves as soon as it is made."""
+    if options.source_cache == "recompute":
+        return 0
+    block = t.block_bytes(g["tokens"])
+    before, after = t.record_block(g["tokens"])
+    peak = max(before - block, after) if options.source_cache == "device" else max(before, after)
+    return peak + t.forward_base(g["tokens"], 1, prompt_tokens)
 
 
 def _phases(c: dict, w: dict, options: MemoryOptions, transformer: int) -> dict:
