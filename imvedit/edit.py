@@ -303,16 +303,55 @@ class Editor:
 TILING_AREA = 832 * 480  # above 480p the VAE works in tiles unless told otherwise
 
 
-def memory_options(config: EditConfig) -> dict:
-    """The edit's offload, source cache and guidance batching: as given, and for each left at "auto" the
-    fastest, which on a CPU (whose memory is the host's) is everything in place and batched."""
+def memory_options(config: EditConfig, gpu_memory_gib: float | None = None) -> dict:
+    """The edit's offload, source cache and guidance batching: as given, and for each left at "auto" what the
+    memory plan (`imvedit edit --dry-run`) picks for this input on this GPU: the fastest set that fits its
+    free memory (or `gpu_memory_gib`). On a CPU, whose memory is the host's, the fastest: everything in place
+    and batched. The base's storage dtype is never changed behind the user's back (fp8 is asked for)."""
     chosen = {
         "offload": "model" if config.cpu_offload else config.offload,
         "source_cache": config.source_cache,
         "cfg_batch": config.cfg_batch,
     }
-    fastest = {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
-    return {k: fastest[k] if v == "auto" else v for k, v in chosen.items()}
+    if "auto" not in chosen.values():
+        return chosen
+    if gpu_memory_gib is None and edit_device(config).type != "cuda":
+        fastest = {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
+        return {k: fastest[k] if v == "auto" else v for k, v in chosen.items()}
+    plan = _plan_for_input(config, chosen, gpu_memory_gib)
+    return {k: plan[k] for k in chosen}
+
+
+def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | None) -> dict:
+    """The memory plan's choice for `config.input` at its working size and length, from the configs alone."""
+    from .memory.edit_plan import EditShape, choose, default_gpu_memory_gib
+    from .memory.spec import read_base_spec
+    from .models.adapter_file import read_adapter_metadata
+
+    model, adapter, _ = resolve_model(config.model, config.adapter)
+    if model is None:  # the adapter names its base
+        model = read_adapter_metadata(resolve_adapter_path(adapter))["base"]["name"]
+    spec = read_base_spec(model, adapter)
+    t, vae = spec.config("transformer"), spec.config("vae")
+    multiple = vae.get("scale_factor_spatial", 8) * t.get("patch_size", (1, 2, 2))[1]
+    if is_image(config.input):
+        with Image.open(config.input) as im:
+            (width, height), frames = im.size, 1
+    else:
+        info = probe(config.input)
+        width, height, frames = info.width, info.height, info.frame_count_estimate or spec.window_frames
+        frames = min(frames, config.max_frames or frames)
+    area = config.max_area or spec.default_area
+    if config.resolution is not None:
+        area = round(width * height * (config.resolution / min(width, height)) ** 2)
+    w, h = working_size(width, height, area, multiple)
+    shape = EditShape(
+        w, h, frames, config.window or spec.window_frames, config.overlap or spec.window_overlap,
+        guidance=config.guidance != 1.0, source_guidance=config.source_guidance != 1.0,
+    )  # fmt: skip
+    requested = {**chosen, "base_dtype": config.base_dtype or "bf16"}
+    gpu = gpu_memory_gib if gpu_memory_gib is not None else default_gpu_memory_gib()
+    return choose(spec, shape, requested, gpu, config.vae_tiling).chosen.options.as_dict()
 
 
 def edit_device(config: EditConfig) -> torch.device:

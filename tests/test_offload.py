@@ -146,3 +146,25 @@ def test_the_cli_passes_the_memory_options_and_reports_them(tmp_path, clip):
     assert memory == {"offload": "group", "source_cache": "recompute", "cfg_batch": "off", "vae_tiling": True}
     bad = subprocess.run(edit + ["--source-cache", "disk"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Unknown --source-cache 'disk'" in bad.stderr
+
+
+def test_an_edit_on_auto_takes_the_plans_choice_for_its_input(tmp_path):
+    """`imvedit edit` with the memory options at auto asks the plan, for the input's real size and length."""
+    from imvedit.edit import EditConfig, memory_options
+    from imvedit.video.io import VideoWriter
+
+    clip = tmp_path / "in.mp4"
+    with VideoWriter(clip, 16, (832, 480)) as w:
+        for _ in range(81):
+            w.write(np.zeros((480, 832, 3), np.uint8))
+    config = EditConfig(clip, "make it winter", tmp_path / "out.mp4", model="tests/data/wan_configs/wan2.1-t2v-1.3b")
+    small, large = memory_options(config, gpu_memory_gib=24), memory_options(config, gpu_memory_gib=200)
+    assert small["source_cache"] != "device" and large == {
+        "offload": "none",
+        "source_cache": "device",
+        "cfg_batch": "on",
+    }
+    config.source_cache = "recompute"  # what the user gives is kept
+    assert memory_options(config, gpu_memory_gib=200)["source_cache"] == "recompute"
+    on_cpu = EditConfig(clip, "x", tmp_path / "o.mp4", model="tiny-random", device="cpu")
+    assert memory_options(on_cpu) == {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
