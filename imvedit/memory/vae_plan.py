@@ -231,6 +231,7 @@ def decode_bytes(v: VaeShape, latent_frames: int, height: int, width: int, tilin
     tiles = sum(rows) * sum(cols) * per_pixel  # every decoded tile, kept until the join
     out = per_pixel * (height // v.patch) * (width // v.patch)
     walk = _decoder_pass(v, (min(tile_lat, lat[0]), min(tile_lat, lat[1])), tiles)
-    # the join: the tiles, the blended rows joined, the whole joined, clamped (unpatchified first for 2.2)
-    join = tiles + (4 if v.patch > 1 else 3) * out
+    # the join: beside the tiles, the blended rows joined, then the whole joined and clamped (for Wan2.2 the
+    # join is unpatchified first, and freed as its unpatchified copy takes its place)
+    join = tiles + 3 * out
     return max(walk.caches + walk.peak, join)
