@@ -212,7 +212,7 @@ def _geometry(spec: BaseSpec, shape: EditShape, t: _Transformer) -> dict:
     }
 
 
-def _forwards(shape: EditShape, cfg_batch: str) -> list[int]:
+def forward_batches(shape: EditShape, cfg_batch: str) -> list[int]:
     """The batch of each forward of one window's step: the branches that read one source run together with
     cfg on; (prompt, source) + (negative, source), and (negative, no source) with source guidance."""
     with_source = 1 + (shape.guidance or shape.source_guidance)
@@ -270,7 +270,7 @@ def _step(t: _Transformer, tokens: int, shape: EditShape, options: MemoryOptions
     r = 1 if options.source_cache == "recompute" else 0
     return max(
         t.forward_base(tokens, rows + r, prompt_tokens) + t.edit_block(tokens, rows, r)
-        for rows in _forwards(shape, options.cfg_batch)
+        for rows in forward_batches(shape, options.cfg_batch)
     )
 
 

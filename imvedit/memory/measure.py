@@ -22,7 +22,7 @@ import torch
 
 from ..models.imvedit import ImVideoEditTransformer, RecomputedSource
 from ..pipeline.pipeline_imvedit import encode_text
-from .edit_plan import GIB, PROMPTS, EditShape, MemoryOptions, _forwards
+from .edit_plan import GIB, PROMPTS, EditShape, MemoryOptions, forward_batches
 from .live import LiveStorage, flash_attention, resident_bytes
 from .spec import COMPUTE, BaseSpec, build_meta, group_resident_bytes
 
@@ -129,7 +129,7 @@ class _Run:
 
     def _groups(self):
         """(rows, source) of each forward, as the pipeline's `_predict` groups the branches."""
-        rows = _forwards(self.shape, self.options.cfg_batch)
+        rows = forward_batches(self.shape, self.options.cfg_batch)
         keys = ["source"] * len(rows)
         if self.shape.source_guidance:
             keys[-1] = "null"

@@ -9,7 +9,7 @@ and reads the transformer, this module the VAE, text encoder and tokenizer lengt
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,7 +128,6 @@ class MetaModules:
     adapter: torch.nn.Module
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
-    extra: dict = field(default_factory=dict)
 
 
 def build_meta(spec: BaseSpec, base_dtype: str = "bf16") -> MetaModules:
@@ -175,7 +174,6 @@ def weight_bytes(spec: BaseSpec, base_dtype: str) -> dict[str, int]:
         "vae": resident_bytes(m.vae),
         "text_encoder": resident_bytes(m.text_encoder),
         "text_encoder_group": group_resident_bytes(m.text_encoder),
-        "largest_layer": max(_layer_bytes(m.transformer)),
         "sda_blocks": len(sda),
         "branches": branches,
     }
@@ -194,10 +192,3 @@ def group_resident_bytes(module: torch.nn.Module) -> int:
     own = sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     own += sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
     return resident_bytes(*others) + own + sum(blocks[:2])
-
-
-def _layer_bytes(transformer: torch.nn.Module):
-    """Each linear layer's weight in the compute dtype (what layerwise casting makes of one at a time)."""
-    for m in transformer.modules():
-        if isinstance(m, torch.nn.Linear):
-            yield m.weight.numel() * torch.finfo(COMPUTE).bits // 8
