@@ -30,7 +30,7 @@ class DryRunRequest:
     source_cache: str | None = None  # None or "auto": the plan's choice
     cfg_batch: str | None = None
     offload: str | None = None
-    base_dtype: str | None = None
+    base_dtype: str | None = None  # None: bf16, as `imvedit edit` (auto never picks fp8 for the user)
     vae_tiling: bool | None = None
     measure: bool = False  # also run the phases on the meta device
 
@@ -79,6 +79,8 @@ def edit_dry_run(req: DryRunRequest) -> dict:
     )  # fmt: skip
     gpu = req.gpu_memory_gib if req.gpu_memory_gib is not None else default_gpu_memory_gib()
     requested = {k: getattr(req, k) for k in CHOICES}
+    # as the edit itself: fp8 changes the weights, so it is planned when asked for, never chosen
+    requested["base_dtype"] = req.base_dtype or "bf16"
     choice = choose(spec, shape, requested, gpu, req.vae_tiling)
     plan = choice.chosen
     result = {
