@@ -3,6 +3,17 @@
 Every edit is rendered twice from scene descriptions that share their motion, so the edited video, the changed-pixel
 mask and both captions are known exactly. Geometry is in normalised canvas units, so any pixel size renders the same
 world. Only numpy is needed.
+
+Two worlds share the renderer and the language (WORLDS):
+
+- `hard`: 1-3 small objects (13-22 px at 64 px) of five shapes on flat, gradient or striped backgrounds; an
+  instruction must say which object it means ("paint the blue star green"). The bundled `shapes-wan` was
+  trained on it, and it stays the default until a base trained on `simple` ships.
+- `simple`: one large object per scene (15-30 % of the frame: 35-40 px across at 64 px, four to five 8-px
+  tokens) of three shapes that stay distinct at that size, on flat or gradient backgrounds. An instruction's
+  free words are only the new attribute ("make the circle red", "turn the circle into a square"); "add" starts
+  from an empty background and says where the object goes ("add a red square at the top left"), which places
+  it, unmoving, at a fixed spot of a fixed size, so its ground truth follows from the instruction alone.
 """
 
 from __future__ import annotations
@@ -28,6 +39,18 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
+WORLDS: tuple[str, ...] = ("hard", "simple")
+DEFAULT_WORLD = "hard"  # what shapes-wan was trained on; switches when a base trained on `simple` ships
+SIMPLE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIMPLE_BACKGROUND_KINDS: tuple[str, ...] = ("flat", "gradient")
+# Where "add" puts an object in the simple world: (x, y) as a fraction of the span its centre may take
+SIMPLE_PLACES: dict[str, tuple[float, float]] = {
+    "at the top left": (0.0, 0.0),
+    "at the top right": (1.0, 0.0),
+    "at the bottom left": (0.0, 1.0),
+    "at the bottom right": (1.0, 1.0),
+    "in the center": (0.5, 0.5),
+}
 EDIT_KINDS: tuple[str, ...] = ("recolor", "replace", "remove", "add", "background", "global")
 LOCAL_KINDS: tuple[str, ...] = ("recolor", "replace", "remove", "add")
 GLOBAL_STYLES: tuple[str, ...] = ("winter", "night", "black and white")
@@ -73,10 +96,31 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The simple world: one object, so a shape names it; only the new attribute is free ("add" also says where)
+_SIMPLE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    **_TEMPLATES,
+    "replace": (
+        "turn the {ref} into a {shape}",
+        "replace the {ref} with a {shape}",
+        "change the {ref} into a {shape}",
+        "make the {ref} a {shape}",
+    ),
+    "add": ("add a {color} {shape} {place}", "put a {color} {shape} {place}", "insert a {color} {shape} {place}"),
+}
+
+
+def _templates(world: str) -> dict[str, tuple[str, ...]]:
+    return _SIMPLE_TEMPLATES if world == "simple" else _TEMPLATES
+
+
 SUPERSAMPLE = 2
 _STRIPE_PERIOD = 1 / 4  # one light and one dark stripe per period; 8 px stripes at 64 px survive a stride-4 VAE
 _SIZE_RANGE = (0.2, 0.34)  # 13-22 px at 64 px: two or more latent tokens across, so a tiny base can draw them
 _SPEED_RANGE = (0.01, 0.03)
+# The simple world's object fills a box of this side: circle 25-30 %, square 23-27 %, triangle (filling its
+# box) 16-19 % of the frame, so a replaced shape stays in range too
+_SIMPLE_SIZE_RANGE = (0.56, 0.615)
+_SIMPLE_ADD_SIZE = 0.58  # an added object's box: fixed, so "add a red square at the top left" says all of it
 _SQUARE_HALF = 0.85  # a square's half-side relative to the object's radius, so its area is close to the disc's
 _STAR_INNER = 0.45  # inner/outer radius: fatter than a regular pentagram, so small stars stay legible
 _WINTER_TINT = np.array([230.0, 240.0, 255.0])
@@ -108,6 +152,7 @@ class Scene:
     background: Background
     objects: list[Obj]
     style: str | None = None  # one of GLOBAL_STYLES, applied to the rendered pixels
+    world: str = DEFAULT_WORLD  # one of WORLDS: which edits apply, and the triangle's geometry
 
 
 @dataclass
@@ -165,7 +210,32 @@ def _free_pairs(scene: Scene) -> list[tuple[str, str]]:
     return [(s, c) for s in SHAPES for c in PALETTE if c not in bg and (s, c) not in taken]
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
+def _check_world(world: str) -> None:
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; expected one of {WORLDS}")
+
+
+def _simple_scene(rng: np.random.Generator, n_objects: int) -> Scene:
+    if n_objects not in (0, 1):
+        raise ValueError(f"a simple-world scene holds 0 or 1 objects, got {n_objects}")
+    kind = _choice(rng, SIMPLE_BACKGROUND_KINDS)
+    color = _choice(rng, PALETTE)
+    color2 = color if kind == "flat" else _choice(rng, [c for c in PALETTE if c != color])
+    scene = Scene(Background(kind, color, color2), [], world="simple")
+    if n_objects:
+        shape = _choice(rng, SIMPLE_SHAPES)
+        obj_color = _choice(rng, [c for c in PALETTE if c not in (color, color2)])
+        size = float(rng.uniform(*_SIMPLE_SIZE_RANGE))
+        x, y = (float(v) for v in rng.uniform(size / 2, 1 - size / 2, 2))
+        speed, angle = float(rng.uniform(*_SPEED_RANGE)), float(rng.uniform(0, 2 * np.pi))
+        scene.objects.append(Obj(shape, obj_color, x, y, speed * np.cos(angle), speed * np.sin(angle), size))
+    return scene
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, world: str = DEFAULT_WORLD) -> Scene:
+    _check_world(world)
+    if world == "simple":
+        return _simple_scene(rng, 1 if n_objects is None else n_objects)
     n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
     if not 1 <= n <= MAX_OBJECTS:
         raise ValueError(f"n_objects must be between 1 and {MAX_OBJECTS}, got {n}")
@@ -208,8 +278,12 @@ def _downsample(a: np.ndarray, size: int) -> np.ndarray:
     return a.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, *a.shape[2:]).mean(axis=(1, 3))
 
 
-def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, world: str = DEFAULT_WORLD) -> np.ndarray:
     up = -dy  # the shapes are defined with y upwards so "upward triangle" reads naturally
+    if shape == "triangle" and world == "simple":
+        # isosceles, filling its 2r box (apex at the top, base at the bottom): half a square's area, where the
+        # inscribed equilateral one below has 0.41 of a circle's and would fall under 15 % of the frame
+        return (up >= -r) & (np.abs(dx) <= (r - up) / 2)
     if shape == "circle":
         return dx**2 + dy**2 <= r**2
     if shape == "square":
@@ -265,7 +339,8 @@ def _frame(scene: Scene, t: int, size: int, background: np.ndarray) -> np.ndarra
     xs, ys = _grid(size)
     for obj in scene.objects:  # in list order: later objects cover earlier ones
         cx, cy = positions(obj, t)
-        alpha = _downsample(_shape_mask(obj.shape, xs - cx, ys - cy, obj.size / 2).astype(float), size)[..., None]
+        mask = _shape_mask(obj.shape, xs - cx, ys - cy, obj.size / 2, scene.world)
+        alpha = _downsample(mask.astype(float), size)[..., None]
         img = img * (1 - alpha) + alpha * np.array(PALETTE[obj.color], float)
     return _to_uint8(_apply_style(img, scene.style))
 
@@ -288,9 +363,13 @@ def _fix_articles(text: str) -> str:
 
 def caption(scene: Scene) -> str:
     phrases = [_OBJECT_PHRASE.format(color=o.color, shape=o.shape) for o in scene.objects]
-    objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + f" {_JOINERS[0]} " + phrases[-1]
     bg = scene.background
-    text = f"{objects} {_BACKGROUND_PHRASES[bg.kind].format(color=bg.color, color2=bg.color2)}".strip()
+    background = _BACKGROUND_PHRASES[bg.kind].format(color=bg.color, color2=bg.color2)
+    if not phrases:  # the simple world's empty scenes, which "add" starts from: "a green background"
+        text = background.removeprefix("on ")
+    else:
+        objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + f" {_JOINERS[0]} " + phrases[-1]
+        text = f"{objects} {background}".strip()
     if scene.style is not None:
         text += ", " + _STYLE_NAMES[scene.style]
     return _fix_articles(text)
@@ -305,11 +384,16 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text.lower())))
 
 
-def vocabulary() -> list[str]:
-    """Every word of every caption and instruction, from the generators' own tables (complete by construction)."""
+def vocabulary(world: str = DEFAULT_WORLD) -> list[str]:
+    """Every word of every caption and instruction of `world`, from the generators' own tables (complete by
+    construction). Per world, so that a `hard` tokenizer, and the random initialisation that follows its size,
+    stays what it was before the simple world existed."""
+    _check_world(world)
     texts = [*PALETTE, *SHAPES, *GLOBAL_STYLES, *_STYLE_NAMES.values(), *_BACKGROUND_PHRASES.values()]
     texts += [*_REFERENCES, _OBJECT_PHRASE, *_JOINERS, "an"]  # "an" comes from _fix_articles
-    texts += [t for templates in _TEMPLATES.values() for t in templates]
+    texts += [t for templates in _templates(world).values() for t in templates]
+    if world == "simple":
+        texts += list(SIMPLE_PLACES)
     return sorted(set().union(*(_words(t) for t in texts)))
 
 
@@ -321,8 +405,32 @@ def _is_grey(color: str) -> bool:
     return r == g == b
 
 
-def _options(scene: Scene, kind: str) -> list[dict]:
+def _simple_options(scene: Scene, kind: str) -> list[dict]:
+    """The simple world's edits: recolour, replace, remove, background and global on its one object's scene,
+    add on an empty one (at a named place)."""
+    objs, bg = scene.objects, scene.background
+    if kind not in LOCAL_KINDS:
+        return _options(scene, kind, world_rules=False)  # background and global: the hard world's rules
+    if kind == "add":
+        free = [c for c in PALETTE if c not in (bg.color, bg.color2)]
+        places = list(SIMPLE_PLACES)
+        return (
+            [] if objs else [{"shape": s, "color": c, "place": p} for s in SIMPLE_SHAPES for c in free for p in places]
+        )
+    if len(objs) != 1:
+        return []
+    (obj,) = objs
+    if kind == "recolor":
+        return [{"index": 0, "color": c} for c in PALETTE if c not in (obj.color, bg.color, bg.color2)]
+    if kind == "replace":
+        return [{"index": 0, "shape": s} for s in SIMPLE_SHAPES if s != obj.shape]
+    return [{"index": 0}]  # remove: leaves the background
+
+
+def _options(scene: Scene, kind: str, world_rules: bool = True) -> list[dict]:
     """Every concrete edit of `kind` that is possible on `scene` (empty when the kind is impossible)."""
+    if world_rules and scene.world == "simple":
+        return _simple_options(scene, kind)
     objs, bg = scene.objects, scene.background
     pairs = {(o.shape, o.color) for o in objs}
     if kind == "recolor":
@@ -364,7 +472,7 @@ def sample_edit(scene: Scene, rng: np.random.Generator, kind: str | None = None)
     if not options:
         raise ValueError(f"a {kind!r} edit is not possible on a scene with {len(scene.objects)} object(s)")
     opt = _choice(rng, options)
-    template = _choice(rng, _TEMPLATES[kind])
+    template = _choice(rng, _templates(scene.world)[kind])
     target = copy.deepcopy(scene)  # the source stays exactly as given
     words: dict[str, str] = {}
     if "index" in opt:
@@ -377,6 +485,9 @@ def sample_edit(scene: Scene, rng: np.random.Generator, kind: str | None = None)
         obj.shape = words["shape"] = opt["shape"]
     elif kind == "remove":
         del target.objects[opt["index"]]
+    elif kind == "add" and scene.world == "simple":
+        words.update(opt)
+        target.objects.append(_placed_object(opt["shape"], opt["color"], opt["place"]))
     elif kind == "add":
         words.update(opt)
         target.objects.append(_new_object(rng, opt["shape"], opt["color"], target.objects))
@@ -387,6 +498,14 @@ def sample_edit(scene: Scene, rng: np.random.Generator, kind: str | None = None)
         target.style = words["style"] = opt["style"]
         words["style_caption"] = _STYLE_NAMES[opt["style"]]
     return Edit(kind, _fix_articles(template.format(**words)), scene, target)
+
+
+def _placed_object(shape: str, color: str, place: str) -> Obj:
+    """The simple world's added object: a fixed size at the named place, unmoving (nothing in the source or
+    the instruction says how it would move)."""
+    fx, fy = SIMPLE_PLACES[place]
+    lo, span = _SIMPLE_ADD_SIZE / 2, 1 - _SIMPLE_ADD_SIZE
+    return Obj(shape, color, lo + fx * span, lo + fy * span, 0.0, 0.0, _SIMPLE_ADD_SIZE)
 
 
 def render_edit(edit: Edit, frames: int = 17, size: int = 64) -> Example:
@@ -403,7 +522,10 @@ def render_edit(edit: Edit, frames: int = 17, size: int = 64) -> Example:
     )
 
 
-def sample_example(seed: int, frames: int = 17, size: int = 64, kinds: tuple[str, ...] | None = None) -> Example:
+def sample_example(
+    seed: int, frames: int = 17, size: int = 64, kinds: tuple[str, ...] | None = None, world: str = DEFAULT_WORLD
+) -> Example:
+    _check_world(world)
     kinds = EDIT_KINDS if kinds is None else tuple(kinds)
     unknown = [k for k in kinds if k not in EDIT_KINDS]
     if not kinds or unknown:
@@ -412,6 +534,8 @@ def sample_example(seed: int, frames: int = 17, size: int = 64, kinds: tuple[str
     # The kind is drawn first, so kinds stay uniformly represented even though some need particular scenes.
     kind = _choice(rng, kinds)
     while True:
-        scene = sample_scene(rng)
+        # the simple world's "add" starts from an empty background, every other edit from one object
+        n_objects = (0 if kind == "add" else 1) if world == "simple" else None
+        scene = sample_scene(rng, n_objects, world)
         if _options(scene, kind):
             return render_edit(sample_edit(scene, rng, kind), frames, size)
