@@ -9,6 +9,7 @@ from diffusers import WanPipeline
 from diffusers.hooks import HookRegistry
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from typer.testing import CliRunner
 
 from imvedit.edit import load_loras, place_models
 from imvedit.errors import UsageError
@@ -64,6 +65,92 @@ def test_offload_runs_the_adapter_where_the_pass_runs(offload):
     assert pipe._execution_device.type == device.type
     assert len(seen) == 2 * len(pipe.adapter.sda) and all({d.type for d in s} == {device.type} for s in seen)
     assert np.array_equal(out, reference)
+
+
+def watch_model_offload(pipe):
+    """[(model that ran, the models on the device as it ran)] for every forward under diffusers' model offload.
+    A model comes on when its hook's pre_forward runs and goes off when its hook offloads it. accelerate also
+    offloads the model before it in `model_cpu_offload_seq`, but only when that one is off the CPU: on this
+    CPU-only machine every move is a no-op, so that is simulated here."""
+    names = {id(m): n for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    on, runs = set(), []
+    for user in pipe._all_hooks:
+        name = names[id(user.model)]
+
+        def offload(_offload=user.offload, _name=name):
+            on.discard(_name)
+            _offload()
+
+        def pre_forward(module, *args, _hook=user.hook, _pre=user.hook.pre_forward, _name=name, **kwargs):
+            if _hook.prev_module_hook is not None:
+                on.discard(names[id(_hook.prev_module_hook.model)])
+            on.add(_name)
+            runs.append((_name, frozenset(on)))
+            return _pre(module, *args, **kwargs)
+
+        user.offload, user.hook.pre_forward = offload, pre_forward
+    return runs
+
+
+def phases(runs):
+    """The models in the order they ran, each stretch of forwards of one model counted once."""
+    return [name for i, (name, _) in enumerate(runs) if i == 0 or runs[i - 1][0] != name]
+
+
+def two_expert_pipe():
+    """A Wan2.2-A14B-shaped pipeline (a second expert with other weights, the real boundary), an adapter each."""
+    base = build_tiny_random()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        base.transformer_2 = type(base.transformer).from_config(base.transformer.config).eval().requires_grad_(False)
+    base.boundary_ratio = 0.875
+    adapters = [
+        randomize_adapter(ImVideoEditAdapter.for_base(t, ffn_lora=True), seed=s)
+        for t, s in ((base.transformer, 1), (base.transformer_2, 2))
+    ]
+    pipe = ImVideoEditPipeline.from_base(base, *adapters)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    ("experts", "steps", "order"),
+    [
+        (1, 2, ["text_encoder", "vae", "transformer", "vae"]),
+        (2, 4, ["text_encoder", "vae", "transformer", "transformer_2", "vae"]),
+        # the high-noise expert alone: the VAE follows transformer_2 in the chain, so only an explicit offload
+        # takes the first expert off before the decode
+        (2, 1, ["text_encoder", "vae", "transformer", "vae"]),
+    ],
+)
+def test_model_offload_holds_one_model_at_a_time(experts, steps, order):
+    """diffusers moves a model off only when the next one in its sequence runs; the pipeline's order (text, VAE
+    encode, denoise, VAE decode) differs, so each phase offloads its models itself, as the memory plan assumes."""
+    pipe = make_pipe() if experts == 1 else two_expert_pipe()
+    place_models(pipe, "model", torch.device("cpu"))
+    runs = watch_model_offload(pipe)
+    run(pipe, num_inference_steps=steps)
+    assert phases(runs) == order
+    assert [(name, set(on)) for name, on in runs if on != {name}] == []  # nothing else on the device as one runs
+
+
+def test_the_cli_edits_with_model_offload_one_model_at_a_time(monkeypatch, clip, tmp_path):
+    import imvedit.edit
+    from imvedit.cli.main import app
+
+    watched = []
+
+    def place_and_watch(pipe, offload, device):
+        place_models(pipe, offload, device)
+        watched.append(watch_model_offload(pipe))  # the hooks of this edit: the pipeline re-hooks after it
+
+    monkeypatch.setattr(imvedit.edit, "place_models", place_and_watch)
+    args = [str(clip), "make it red", "-o", str(tmp_path / "out.mp4"), "--model", "tiny-random", "--steps", "2"]
+    r = CliRunner().invoke(app, ["edit", *args, "--device", "cpu", "--offload", "model"])
+    assert r.exit_code == 0, r.output
+    [runs] = watched
+    assert phases(runs) == ["text_encoder", "vae", "transformer", "vae"]
+    assert [(name, set(on)) for name, on in runs if on != {name}] == []
 
 
 def test_fp8_storage_of_the_base_still_edits():

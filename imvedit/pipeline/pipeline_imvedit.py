@@ -244,6 +244,15 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 te.to(home)
         return embeds.to(device, dtype), pooled.to(device, dtype)
 
+    def offload_models(self, *models: torch.nn.Module) -> None:
+        """Under diffusers' model CPU offload, send `models` to host memory now, through the hooks it installed.
+        diffusers moves a model off only when the next one of `model_cpu_offload_seq` runs, but this pipeline runs
+        text, VAE encode, denoise, VAE decode: UMT5 would stay through the encode and the VAE through the denoise,
+        where the memory plan counts one model at a time. Without model offload there are no such hooks."""
+        for hook in getattr(self, "_all_hooks", ()):
+            if any(hook.model is m for m in models):
+                hook.offload()
+
     def experts(self) -> list[_Expert]:
         """The schedule's denoisers, high noise first."""
         out = [_Expert(self.transformer, self.adapter)]
@@ -355,12 +364,14 @@ class ImVideoEditPipeline(DiffusionPipeline):
         # 1. Text
         texts = [prompt, gate_prompt or prompt, "", negative_prompt]
         embeds, pooled = self.encode_prompts(texts, device, dtype, max_sequence_length)
+        self.offload_models(self.text_encoder)
         cond, gate_cond, empty, negative = embeds[0:1], pooled[1:2], embeds[2:3], embeds[3:4]
         gate_empty = pooled[2:3]
 
         # 2. Source latents
         source = self.vae.encode(x.to(device, self.vae.dtype)).latent_dist.mode()
         source = normalize_latents(self.vae, source).to(dtype)
+        self.offload_models(self.vae)
         size = tuple(x.shape[2:5])  # the padded clip's (frames, height, width), for the gate map
         del x
 
@@ -428,6 +439,8 @@ class ImVideoEditPipeline(DiffusionPipeline):
             for e in experts:
                 if e.created:
                     e.model.detach()
+        # every expert: the VAE follows the last one of the sequence, which may not be the one that ran last
+        self.offload_models(*(e.transformer for e in experts))
 
         # 6. Decode
         z = normalize_latents(self.vae, latents.to(self.vae.dtype), inverse=True)
