@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import randomize_adapter
 from diffusers import WanTransformer3DModel
 
-from imvedit.models.imvedit import BlockSource, ImVideoEditAdapter, ImVideoEditTransformer
+from imvedit.models.imvedit import BlockSource, ImVideoEditAdapter, ImVideoEditTransformer, _rope, frame_rope
 from imvedit.training.flow_matching import flow_matching_loss
 
 WAN21_1_3B = dict(
@@ -178,15 +178,14 @@ def test_sda_of_a_frame_reads_only_that_frames_source(tiny_base):
     x_mod, s_mod = torch.randn(1, n, dim, generator=g), torch.randn(1, n, dim, generator=g)
     x_ln, s_ln = torch.randn(1, n, dim, generator=g), torch.randn(1, n, dim, generator=g)
     frozen = {"q": attn.to_q(x_mod), "k": attn.to_k(x_mod), "v": attn.to_v(x_mod)}
-    cos, sin = base.rope(torch.zeros(1, 4, frames, 2 * h, 2 * w))
-    rope2d = (cos[:, : h * w], sin[:, : h * w])
+    rope2d = frame_rope(base.rope(torch.zeros(1, 4, frames, 2 * h, 2 * w)), h * w)
     temb, text = torch.randn(1, dim, generator=g), torch.randn(1, 64, generator=g)
 
     def run(s_mod, s_ln):
         src = BlockSource(s_ln, s_mod, attn.to_k(s_mod), attn.to_v(s_mod))
         with torch.no_grad():
-            update, _ = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
-        return update.reshape(frames, h * w, dim)
+            inner, outer, _ = sda(attn, x_mod, frozen, src, x_ln, (frames, h, w), rope2d, temb, text)
+        return sda.update(attn, inner, outer).reshape(frames, h * w, dim)
 
     before = run(s_mod, s_ln)
     hw = h * w
@@ -319,3 +318,43 @@ def test_gate_supervision_teaches_the_gate_where_the_pairs_change(tiny_base):
     supervised, unsupervised = gate_contrast(1.0), gate_contrast(0.0)
     assert supervised > 0.15, (supervised, unsupervised)  # measured: 0.24 against 0.04 without the loss
     assert supervised > unsupervised + 0.1, (supervised, unsupervised)
+
+
+def test_rope_is_wans_interleaved_rotation(tiny_base):
+    """The complex-product rotary equals Wan's real form: channels (2i, 2i+1) turned by one angle."""
+    frames, h, w = 2, 3, 4
+    cos, sin = tiny_base.transformer.rope(torch.zeros(1, 4, frames, 2 * h, 2 * w))
+    x = torch.randn(2, h * w, 2, cos.shape[-1], generator=torch.Generator().manual_seed(0))
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, : h * w, :, 0::2], sin[:, : h * w, :, 1::2]
+    expected = torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
+    got = _rope(x, frame_rope((cos, sin), h * w))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(got, x)  # positions past the first do turn
+
+
+def test_update_folded_into_the_output_projection_is_the_whole_update(tiny_base):
+    """The branches' difference rides on the block's own to_out matmul (to_out is linear and the gate is one
+    number per token): block 0's attention output in an edit pass is the plain one plus the SDA's whole
+    update, to_out of the difference without the bias, plus the rest."""
+    base = tiny_base.transformer
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    attn, sda = base.blocks[0].attn1, model.adapter.sda["0"]
+    seen = {}
+    handles = [
+        attn.register_forward_hook(lambda m, a, out: seen.setdefault("attention", []).append(out)),
+        sda.register_forward_hook(lambda m, a, out: seen.setdefault("sda", out)),
+    ]
+    x, src, text, gate_text = inputs(frames=3)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        features = model.encode_source(src, torch.zeros(1, 7, 16), prepare=True)
+        seen.clear()
+        model(x, t, text, features, gate_text)
+        base(x, t, text, return_dict=False)  # a plain pass: block 0 reads the same input
+    for h in handles:
+        h.remove()
+    edited, plain = seen["attention"]
+    inner, outer, _ = seen["sda"]
+    assert inner is not None and inner.abs().max() > 1e-3  # the fold is exercised, not skipped
+    torch.testing.assert_close(edited, plain + sda.update(attn, inner, outer), rtol=0, atol=1e-5)
