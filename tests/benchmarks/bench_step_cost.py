@@ -1,6 +1,7 @@
 """Cost of one denoising step: ImVideoEdit (source cached) vs the plain base step vs ViFeEdit's two-way step.
 
     python tests/benchmarks/bench_step_cost.py [--config wan2.1-1.3b|tiny] [--layers N] [--frames F] [--hw H W]
+        [--threads N] [--clock wall|cpu]
 
 Three variants on the same random-weight WanTransformer3DModel (the two adapted ones on copies of it),
 same inputs, both guidance branches batched as the pipeline does:
@@ -102,8 +103,16 @@ def main() -> None:
         "--switch", type=_switch, action="append", default=[],
         help="an adapter switch for the imvedit variant, e.g. branches=zero_out (repeatable)",
     )  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument(
+        "--clock", default="wall", choices=("wall", "cpu"),
+        help="cpu: the process's CPU time, which other jobs on a shared machine barely disturb (use --threads 1: "
+        "idle threads spinning at a barrier would count too)",
+    )  # fmt: skip
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(args, args.memory_child)
     plain, base = build(args, "plain")
@@ -111,13 +120,14 @@ def main() -> None:
     for v in ("imvedit", "vifeedit"):  # identical weights; the plain base stays unhooked
         steps[v] = build(args, v, copy.deepcopy(base))[0]
     times = {v: [] for v in VARIANTS}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with torch.no_grad():
         for i in range(args.repeat + 1):
             for v in VARIANTS:
-                t0 = time.perf_counter()
+                t0 = clock()
                 steps[v]()
                 if i:  # the first round warms up
-                    times[v].append(time.perf_counter() - t0)
+                    times[v].append(clock() - t0)
     med = {v: statistics.median(t) for v, t in times.items()}
     del steps
     memory = {}
@@ -144,7 +154,8 @@ def main() -> None:
     print(json.dumps({
         "config": args.config, "layers": args.layers or CONFIGS[args.config]["num_layers"], "rank": args.rank,
         "switches": dict(args.switch),
-        "tokens_per_video": tokens, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "tokens_per_video": tokens, "threads": torch.get_num_threads(), "clock": args.clock,
+        "machine": platform.machine(),
         "step_s": {v: round(med[v], 4) for v in VARIANTS},
         "ratio_imvedit_over_plain": round(med["imvedit"] / med["plain"], 3),
         "ratio_imvedit_over_vifeedit": round(med["imvedit"] / med["vifeedit"], 3),
