@@ -85,6 +85,9 @@ def eval_(
     strength: float | None = typer.Option(
         None, "--strength", help="--bench: below 1, start from the noised source. [default: 1; 0.7 with sdedit]"
     ),
+    world: str = typer.Option(
+        "hard", "--world", help="--bench: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
+    ),
     report: Path | None = typer.Option(
         None, "--report", help="Folder for metrics.json (and, with --bench, contact sheets)."
     ),
@@ -115,6 +118,7 @@ def eval_(
         cfg = ToyBenchConfig(
             model=model, adapter=adapter, clips=clips or 16, seed=seed, frames=frames, size=size, edits=kinds,
             steps=steps or 20, guidance=guidance, prompt=prompt, report=report, arch=arch, strength=strength,
+            world=world,
         )  # fmt: skip
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))

@@ -35,6 +35,9 @@ def prepare(
     toy_frames: int = typer.Option(
         1, "--toy-frames", help="toy: frames per pair; 1 renders image pairs, 4k+1 (e.g. 17) video pairs."
     ),
+    world: str = typer.Option(
+        "hard", "--world", help="toy: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -70,6 +73,7 @@ def prepare(
         revision=revision,
         streaming=streaming,
         toy_frames=toy_frames,
+        toy_world=world,
     )
     with progress_bar("prepare", not json_out) as bar:
         summary = run(lambda: run_prepare(config, progress=bar))

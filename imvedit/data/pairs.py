@@ -80,6 +80,7 @@ class PrepareConfig:
     # frames per rendered toy pair: 1 = image pairs; 4k + 1 (e.g. 17) = video pairs, each clip stored as one
     # lossless PNG strip of its frames stacked top to bottom (for the video-trained `concat` baseline)
     toy_frames: int = 1
+    toy_world: str = "hard"  # which shapes world toy pairs come from (imvedit/toy/world.py): "hard" or "simple"
     cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
     split: str = "train"  # hub datasets: the split to read
     revision: str | None = None  # hub datasets: a branch, tag or commit (pin it for reproducible data)
@@ -91,8 +92,14 @@ class PrepareConfig:
                 raise UsageError("The toy source is endless.", "Say how many pairs to render with --limit N.")
             if self.toy_frames < 1 or (self.toy_frames - 1) % 4:
                 raise UsageError(f"--toy-frames must be 1 or 4k + 1 (e.g. 17), got {self.toy_frames}.")
+            from ..toy.world import WORLDS
+
+            if self.toy_world not in WORLDS:
+                raise UsageError(f"Unknown world {self.toy_world!r}.", f"Use --world {' or '.join(WORLDS)}.")
         elif self.toy_frames != 1:
             raise UsageError("--toy-frames applies to the toy source only.", "Drop --toy-frames.")
+        elif self.toy_world != "hard":
+            raise UsageError("--world applies to the toy source only.", "Drop --world.")
         elif not Path(self.source).exists() and not is_hub_id(self.source):
             raise UsageError(
                 f"Dataset {self.source} does not exist.",
@@ -300,7 +307,7 @@ def _toy_rows(config: PrepareConfig) -> Iterator[dict]:
 
     base = TOY_SEED_OFFSET + (config.seed or 0) * 1_000_003
     for i in range(config.limit):
-        ex = sample_example(base + i, frames=config.toy_frames, size=config.toy_size)
+        ex = sample_example(base + i, frames=config.toy_frames, size=config.toy_size, world=config.toy_world)
         yield {
             "index": i,
             "source": Image.fromarray(np.concatenate(list(ex.source), axis=0)),

@@ -63,10 +63,13 @@ class ToyBenchConfig:
     report: Path | None = None  # folder for contact sheets and metrics.json
     arch: str | None = None  # "sdedit" (no adapter) or "per-frame" (an imvedit adapter frame by frame)
     strength: float | None = None  # < 1 starts from the noised source (default: 1, or 0.7 with sdedit)
+    world: str = "hard"  # which shapes world the clips come from (imvedit/toy/world.py): "hard" or "simple"
 
     def validate(self) -> None:
-        from ..toy.world import EDIT_KINDS
+        from ..toy.world import EDIT_KINDS, WORLDS
 
+        if self.world not in WORLDS:
+            raise UsageError(f"Unknown world {self.world!r}.", f"Use --world {' or '.join(WORLDS)}.")
         if self.clips < 1:
             raise UsageError(f"--clips must be at least 1, got {self.clips}.")
         if self.frames < 1 or self.size < 16:
@@ -170,7 +173,11 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         Path(config.report).mkdir(parents=True, exist_ok=True)
     for i in range(config.clips):
         ex = sample_example(
-            BENCH_SEED_OFFSET + config.seed * 100_003 + i, frames=config.frames, size=config.size, kinds=kinds
+            BENCH_SEED_OFFSET + config.seed * 100_003 + i,
+            frames=config.frames,
+            size=config.size,
+            kinds=kinds,
+            world=config.world,
         )
         prompt = ex.target_caption if config.prompt == "description" else ex.instruction
         t0 = time.perf_counter()
