@@ -166,3 +166,99 @@ def test_vae_edge_weights_mark_the_outline_of_a_shape_and_not_a_flat_background(
     assert edges[:8].sum() == 0 and edges[:, :8].sum() == 0  # flat background far from the square
     assert edges[32, 32] == 0  # the square's flat inside
     assert edges[32].sum() > 0 and edges[:, 32].sum() > 0  # its left/right and top/bottom borders
+
+
+def test_prepare_toy_renders_the_world_asked_for(tmp_path):
+    result = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "p"), "--limit", "12", "--world", "simple"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "p" / "manifest.jsonl").read_text().splitlines()]
+    # one object per scene: a caption names at most one shape, never "and"
+    assert all(" and " not in r["caption"] or "black and white" in r["caption"] for r in rows)
+    hard = [json.loads(line) for line in _prepared(tmp_path / "h").read_text().splitlines()]
+    assert [r["caption"] for r in rows] != [r["caption"] for r in hard]  # hard is the default
+    bad = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "q"), "--limit", "2", "--world", "medium"])
+    assert bad.exit_code == 2 and "--world" in bad.output
+
+
+def _prepared(out):
+    assert runner.invoke(app, ["prepare", "toy", "-o", str(out), "--limit", "12"]).exit_code == 0
+    return out / "manifest.jsonl"
+
+
+def test_bench_world_option_reaches_the_bench(monkeypatch):
+    import imvedit.evaluation.toy_bench as toy_bench
+
+    seen = {}
+
+    def fake(config, progress=None):
+        config.validate()
+        seen["world"] = config.world
+        return {
+            "overall": dict.fromkeys(toy_bench.BENCH_METRICS) | {"clips": 0},
+            "per_kind": {},
+            "clips": 0,
+            "seconds": 0,
+        }
+
+    monkeypatch.setattr(toy_bench, "run_toy_bench", fake)
+    result = runner.invoke(app, ["eval", "--bench", "toy", "--world", "simple", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["world"] == "simple"
+    assert ToyBenchConfig().world == "hard"
+    with pytest.raises(Exception, match="world"):
+        ToyBenchConfig(world="medium").validate()
+
+
+def test_frame_independent_vae_gives_each_frame_its_latent_alone_and_resumes(tmp_path, monkeypatch):
+    """The simple world's codec: past-frame taps zeroed and trained on single frames stay zero, so a clip's
+    latents are its frames' latents as images; a killed `--stage vae` run resumes from its checkpoint."""
+    import yaml
+
+    import imvedit.toy.pretrain as pretrain
+    from imvedit.toy.bundle import CONFIGS, load_config
+
+    config = load_config(CONFIGS / "pretrain-simple.yaml")
+    assert config["world"] == "simple" and config["vae"]["z_dim"] == 48 and config["vae"]["frame_independent"]
+    config["size"] = 32
+    config["vae"].update(base_dim=16, steps=4, batch_images=2, checkpoint_every=1, report_clips=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", str(tmp_path / "c.yaml"), "--stage", "vae", "--dtype", "fp32", "-o"]
+    pretrain.main([*args, str(tmp_path / "whole")])
+
+    real, calls = pretrain.sample_example, []
+
+    def dies_at_step_2(*a, **k):  # one call per step at this batch: killed during step 2
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pretrain, "sample_example", dies_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main([*args, str(tmp_path / "resumed")])
+    monkeypatch.setattr(pretrain, "sample_example", real)
+    pretrain.main([*args, str(tmp_path / "resumed")])
+    log = (tmp_path / "resumed" / "pretrain_log.jsonl").read_text()
+    assert '"resumed_at": 2' in log
+
+    whole = load_base(str(tmp_path / "whole"), torch_dtype=torch.float32).vae
+    resumed = load_base(str(tmp_path / "resumed"), torch_dtype=torch.float32).vae
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    past = [m.weight[:, :, :-1] for m in whole.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1]
+    assert len(past) > 5 and all((w == 0).all() for w in past)  # trained, and still exactly zero
+    assert whole.config.z_dim == 48 and whole.config.patch_size == 4
+
+    x = torch.rand(2, 3, 9, 32, 32) * 2 - 1
+    with torch.no_grad():
+        clip = whole.encode(x).latent_dist.mode()
+        alone = whole.encode(x.transpose(1, 2).reshape(18, 3, 1, 32, 32)).latent_dist.mode()
+        alone = alone.reshape(2, 9, 48, 8, 8).transpose(1, 2)
+        assert (clip - alone).abs().max() <= 1e-5 * clip.abs().max()
+        # the control: the same VAE with its past taps given weight reads earlier frames
+        for w in past:
+            w.add_(0.1)
+        assert (whole.encode(x).latent_dist.mode() - clip)[:, :, 1:].abs().max() > 1e-3
+    report = json.loads((tmp_path / "resumed" / "pretrain_report.json").read_text())["codec"]
+    assert set(report["edit_region_psnr_ceiling"]) == {"recolor", "replace", "remove", "add", "background", "global"}
+    assert report["clip_vs_alone_rms"] < 1e-4

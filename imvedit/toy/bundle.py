@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTran
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from ..models.bases import SHAPES_WAN, Base
-from .world import vocabulary
+from .world import DEFAULT_WORLD, vocabulary
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -25,7 +25,7 @@ def load_config(path: str | Path = CONFIGS / "pretrain.yaml") -> dict:
         return yaml.safe_load(f)
 
 
-def word_tokenizer(model_max_length: int = 48) -> PreTrainedTokenizerFast:
+def word_tokenizer(model_max_length: int = 48, world: str = DEFAULT_WORLD) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the shapes world's vocabulary (instructions included): no download.
 
     Its `model_max_length` is the prompt length the toy base trains and runs with: the longest caption is
@@ -34,7 +34,7 @@ def word_tokenizer(model_max_length: int = 48) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}  # noqa: S105 - tokens, not secrets
-    for word in [*vocabulary(), ",", ".", "'"]:
+    for word in [*vocabulary(world), ",", ".", "'"]:
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))  # noqa: S106
     tok.normalizer = normalizers.Lowercase()
@@ -49,12 +49,31 @@ def word_tokenizer(model_max_length: int = 48) -> PreTrainedTokenizerFast:
     )
 
 
+def zero_past_taps(vae: AutoencoderKLWan) -> int:
+    """Zero the taps of every 3D convolution's kernel that read earlier frames; returns how many convolutions.
+
+    Every `Conv3d` of `AutoencoderKLWan` is causal (`WanCausalConv3d`): it pads its input with zeros (or, in a
+    chunked clip, with the previous chunk's cached features) in front of the time axis only, so the last tap
+    of a kernel's time axis reads the current frame and the others read earlier ones. With those zeroed, and
+    nothing else in the VAE mixing frames (its RMS norm is per position, its attention per frame, and no
+    temporal down- or upsampling is configured), a frame's latent in a clip is the frame's latent as an image.
+    Trained on single frames, the zeroed taps only ever meet the zero padding, get zero gradient and stay zero.
+    """
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight[:, :, :-1].zero_()
+    return len(convs)
+
+
 def build_untrained(config: dict):
     """The toy base's five components, randomly initialised under the config's seed."""
     v, t, te = config["vae"], config["transformer"], config["text_encoder"]
+    if v.get("frame_independent") and any(v["temperal_downsample"]):
+        raise ValueError("vae.frame_independent needs temperal_downsample all false: compressing time mixes frames")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
-        tokenizer = word_tokenizer()
+        tokenizer = word_tokenizer(world=config.get("world", DEFAULT_WORLD))
         text_encoder = UMT5EncoderModel(
             UMT5Config(
                 vocab_size=len(tokenizer),
@@ -85,6 +104,8 @@ def build_untrained(config: dict):
             scale_factor_spatial=stride,
             scale_factor_temporal=2 ** sum(v["temperal_downsample"]),
         )
+        if v.get("frame_independent"):
+            zero_past_taps(vae)
         transformer = WanTransformer3DModel(
             patch_size=tuple(t["patch_size"]),
             num_attention_heads=t["num_attention_heads"],

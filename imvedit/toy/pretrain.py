@@ -11,6 +11,11 @@ transformer on the refined VAE's latents, with fresh clips and a fresh schedule.
 weights the VAE's loss towards colour edges (off in the bundled recipe; docs/toy.md has its effect).
 The small UMT5 text encoder trains with the transformer (`text_encoder.train`): kept at its random
 initialisation it blurred word identity enough that the base never learned to draw the named shapes.
+`world:` in the config picks the shapes world (`hard`, the default, or `simple`, imvedit/toy/world.py), and
+`vae.frame_independent` builds a VAE whose latent of a frame does not depend on the frames before it
+(`bundle.zero_past_taps`), trained on single frames only. `--stage vae` keeps a checkpoint in OUT_DIR
+(`checkpoint-vae.pt`, every `vae.checkpoint_every` steps) and resumes from it when run again; with
+`vae.report_clips` it then measures the codec on held-out clips (`codec_report`, into pretrain_report.json).
 OUT_DIR gets the diffusers Wan layout.
 """
 
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from ..models.bases import save_base
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 from .bundle import build_untrained, load_config
-from .world import GLOBAL_STYLES, caption, render, sample_example, sample_scene
+from .world import DEFAULT_WORLD, EDIT_KINDS, GLOBAL_STYLES, caption, render, sample_example, sample_scene
 
 
 def _to_tensor(video: np.ndarray) -> torch.Tensor:
@@ -51,20 +56,35 @@ def _log(path: Path | None, record: dict) -> None:
             f.write(line + "\n")
 
 
-def train_vae(base, config: dict, log: Path | None = None) -> dict:
-    c, size = config["vae"], config["size"]
+def _world(config: dict) -> str:
+    return config.get("world", DEFAULT_WORLD)
+
+
+def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | None = None) -> dict:
+    c, size, world = config["vae"], config["size"], _world(config)
     vae = base.vae
     vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)  # no decay: zeroed taps stay zero
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 100))
     seed = 1_000_000 * (config["seed"] + 1)
-    start = time.time()
-    for step in range(c["steps"]):
-        # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs).
-        frames, count = (1, c["batch_images"]) if step % 2 == 0 else (c["clip_frames"], c["batch_clips"])
+    first, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():  # a killed run picks up where its last checkpoint left it
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        first, seed, elapsed = state["step"] + 1, state["seed"], state["seconds"]
+        _log(log, {"stage": "vae", "resumed_at": first})
+    start = time.time() - elapsed
+    for step in range(first, c["steps"]):
+        # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs);
+        # a frame-independent VAE sees single frames only, so the taps that read earlier frames stay zero.
+        clip_step = step % 2 == 1 and not c.get("frame_independent")
+        frames, count = (c["clip_frames"], c["batch_clips"]) if clip_step else (1, c["batch_images"])
         clips = []
         for _ in range(max(1, count // 2)):
-            ex = sample_example(seed, frames=frames, size=size)  # source and edited target: every colour/style
+            # source and edited target: every colour/style
+            ex = sample_example(seed, frames=frames, size=size, world=world)
             seed += 1
             clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
         x = torch.stack(clips)
@@ -98,13 +118,18 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
                     "s": round(time.time() - start),
                 },
             )
+        last = step == c["steps"] - 1
+        if checkpoint is not None and (last or (step + 1) % c.get("checkpoint_every", 500) == 0):
+            state = {"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+            torch.save({**state, "step": step, "seed": seed, "seconds": time.time() - start}, f"{checkpoint}.tmp")
+            Path(f"{checkpoint}.tmp").replace(checkpoint)  # a kill mid-write leaves the last good one
     vae.eval().requires_grad_(False)
 
     # Wan normalises latents per channel with the VAE's own statistics: measure them.
     with torch.no_grad():
         zs = [
             vae.encode(
-                _to_tensor(render(sample_scene(np.random.default_rng(7_000_000 + i)), 5, size))[None]
+                _to_tensor(render(sample_scene(np.random.default_rng(7_000_000 + i), world=world), 5, size))[None]
             ).latent_dist.mode()
             for i in range(64)
         ]
@@ -113,7 +138,48 @@ def train_vae(base, config: dict, log: Path | None = None) -> dict:
     vae.register_to_config(
         latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()]
     )
-    return {"vae_seconds": round(time.time() - start, 1)}
+    report = {"vae_seconds": round(time.time() - start, 1)}
+    if c.get("report_clips"):
+        report["codec"] = codec_report(vae, world, size, c["report_clips"])
+        _log(log, {"stage": "vae", **report["codec"]})
+    return report
+
+
+@torch.no_grad()
+def codec_report(vae, world: str, size: int = 64, clips_per_kind: int = 8, frames: int = 17) -> dict:
+    """The VAE on held-out bench clips of `world` (the bench's own seeds and ceilings):
+
+    - `psnr`: reconstruction of sources and edited targets, dB;
+    - `edit_region_psnr_ceiling`: per edit kind, the edited target through the VAE inside the edit mask, the
+      best an edit through this VAE can score there (what `eval --bench toy` reports as the ceiling);
+    - `clip_vs_alone_rms`: each frame's latent in its clip against the same frame encoded alone, RMS in
+      units of the latents' per-channel std (what an adapter trained on images needs to be near 0).
+    """
+    from ..evaluation.metrics import psnr
+    from ..evaluation.toy_bench import BENCH_SEED_OFFSET
+
+    recon, region, rms = [], {}, []
+    for kind in EDIT_KINDS:
+        region[kind] = []
+        for i in range(clips_per_kind):
+            ex = sample_example(BENCH_SEED_OFFSET + i, frames=frames, size=size, kinds=(kind,), world=world)
+            x = torch.stack([_to_tensor(ex.source), _to_tensor(ex.target)])
+            z = vae.encode(x).latent_dist.mode()
+            y = ((vae.decode(z).sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+            recon += [psnr(y[0], ex.source), psnr(y[1], ex.target)]
+            region[kind].append(psnr(y[1], ex.target, ex.mask))
+            alone = vae.encode(x.transpose(1, 2).reshape(2 * frames, 3, 1, size, size)).latent_dist.mode()
+            alone = alone.reshape(2, frames, *alone.shape[1:2], *alone.shape[3:]).transpose(1, 2)
+            diff = normalize_latents(vae, z) - normalize_latents(vae, alone)
+            rms.append(diff.pow(2).mean().sqrt().item())
+    return {
+        "psnr": round(float(np.mean(recon)), 2),
+        "edit_region_psnr_ceiling": {k: round(float(np.mean(v)), 2) for k, v in region.items()},
+        "clip_vs_alone_rms": round(float(np.mean(rms)), 5),
+        "clip_vs_alone_rms_max": round(float(np.max(rms)), 5),
+        "clips_per_kind": clips_per_kind,
+        "frames": frames,
+    }
 
 
 def _edges(x: torch.Tensor) -> torch.Tensor:
@@ -147,8 +213,8 @@ def _consistency(vae, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(z, alone) / alone.var().clamp_min(1e-6)
 
 
-def _style_scene(rng: np.random.Generator):
-    scene = sample_scene(rng)
+def _style_scene(rng: np.random.Generator, world: str = DEFAULT_WORLD):
+    scene = sample_scene(rng, world=world)
     if rng.random() < 0.2:
         scene.style = GLOBAL_STYLES[rng.integers(len(GLOBAL_STYLES))]
     return scene
@@ -160,7 +226,7 @@ def build_latent_dataset(base, config: dict, n: int, frames: int) -> tuple[torch
     rng = np.random.default_rng(config["seed"] + 12345)
     latents, captions = [], []
     for start in range(0, n, 16):
-        scenes = [_style_scene(rng) for _ in range(min(16, n - start))]
+        scenes = [_style_scene(rng, _world(config)) for _ in range(min(16, n - start))]
         x = torch.stack([_to_tensor(render(s, frames, config["size"])) for s in scenes])
         latents.append(normalize_latents(base.vae, base.vae.encode(x).latent_dist.mode()).half())
         captions += [caption(s) for s in scenes]
@@ -258,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         base = build_untrained(config)
     report = {}
     if args.stage in ("vae", "all"):
-        report.update(train_vae(base, config, log))
+        report.update(train_vae(base, config, log, checkpoint=out / "checkpoint-vae.pt"))
     if args.stage in ("transformer", "all"):
         report.update(train_transformer(base, config, log))
     if args.stage in ("refine", "all") and config.get("refine"):
