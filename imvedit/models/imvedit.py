@@ -220,6 +220,29 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.shape[0] in (1, n) else t.repeat(n // t.shape[0], *[1] * (t.ndim - 1))
 
 
+def _frame_chunks(frames: int, chunks: int) -> list[tuple[int, int]]:
+    """[f0, f1) ranges splitting `frames` latent frames into at most `chunks` pieces of equal length."""
+    step = -(-frames // max(1, chunks))
+    return [(f0, min(f0 + step, frames)) for f0 in range(0, frames, step)]
+
+
+def _frames(inputs: tuple, f0: int, f1: int, grid: tuple[int, int, int]) -> tuple:
+    """The SDA's inputs (x, frozen q/k/v, source, x_ln, temb) restricted to latent frames [f0, f1): the SDA is
+    per frame, so a piece of the frames gives the same rows of its output as the whole."""
+    f, h, w = grid
+    if (f0, f1) == (0, f):
+        return inputs
+    x, frozen, src, x_ln, temb = inputs
+    tokens = slice(f0 * h * w, f1 * h * w)
+    return (
+        x[:, tokens],
+        {k: t[:, tokens] for k, t in frozen.items()},
+        src.frames(f0, f1, f),
+        x_ln[:, tokens],
+        temb[:, tokens] if temb.ndim == 3 else temb,
+    )
+
+
 def _add_rows(t: torch.Tensor, update: torch.Tensor, recompute: int) -> torch.Tensor:
     """`t` with `update` added to its rows, all of them or all but the last `recompute` (the source stream's
     rows, which stay frozen)."""
@@ -457,6 +480,15 @@ class BlockSource:
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.ln, self.mod, self.k, self.v, *(self.kv or ())) if t is not None]
 
+    def frames(self, f0: int, f1: int, f: int) -> BlockSource:
+        """Latent frames [f0, f1) of `f`: views where the layout allows (a batch-1 source)."""
+        n = self.ln.shape[1] // f  # tokens per frame
+        tokens = lambda t: None if t is None else t[:, f0 * n : f1 * n]  # noqa: E731
+        kv = None
+        if self.kv is not None:  # (branches, batch*f, ...): frames are the inner part of the second axis
+            kv = tuple(t.unflatten(1, (-1, f))[:, :, f0:f1].flatten(1, 2) for t in self.kv)
+        return BlockSource(tokens(self.ln), tokens(self.mod), tokens(self.k), tokens(self.v), kv)
+
     def to(self, device, non_blocking: bool = False, pin: bool = False) -> BlockSource:
         def move(t):
             if t is None:
@@ -553,6 +585,9 @@ class _PassState:
     gates: list[torch.Tensor] = field(default_factory=list)
     collect_gates: bool = False
     fold: int = 1  # per-frame: frames folded into the batch (the gate map unfolds them)
+    # edit: the SDA runs the latent frames in this many pieces, one after another (it is per frame, so the
+    # output is the same); its working memory shrinks by as much (`--sda-chunks`, the memory plan)
+    sda_chunks: int = 1
 
 
 class SDAProcessor:
@@ -639,21 +674,40 @@ class SDAProcessor:
         else:
             src = st.source.block(self.index, hidden_states.device)
             src = src if src.kv is not None else src.to(dtype)
-        inner, self.outer, g = self.sda(
-            attn,
+        inputs = (
             cast(hidden_states[rows]),
             {k: cast(t[rows]) for k, t in self.frozen.items()},
             src,
             cast(x_ln[rows]),
-            st.grid,
-            rope2d,
             cast(st.temb[rows]),
-            None if st.gate_text is None else cast(st.gate_text),
-            self._attention_backend,
         )
+        gate_text = None if st.gate_text is None else cast(st.gate_text)
+        spans = _frame_chunks(st.grid[0], st.sda_chunks)
+        if len(spans) == 1:
+            inner, self.outer, g = self.sda(
+                attn, *inputs[:4], st.grid, rope2d, inputs[4], gate_text, self._attention_backend
+            )
+        else:
+            inner, self.outer, g = self._sda_in_pieces(attn, inputs, spans, rope2d, gate_text)
         if st.collect_gates:  # kept in the graph when training supervises the gate (train.gate_supervision)
             st.gates.append(g.float())
         return attention if inner is None else _add_rows(attention, inner, r)
+
+    def _sda_in_pieces(self, attn, inputs: tuple, spans: list, rope2d, gate_text) -> list:
+        """The SDA over the frames a piece at a time, each piece's (inner, outer, g) written into tensors for
+        every frame: the working set is one piece's."""
+        f, h, w = self.state.grid
+        whole = None
+        for f0, f1 in spans:
+            x, frozen, src, x_ln, temb = _frames(inputs, f0, f1, self.state.grid)
+            grid = (f1 - f0, h, w)
+            piece = self.sda(attn, x, frozen, src, x_ln, grid, rope2d, temb, gate_text, self._attention_backend)
+            if whole is None:
+                whole = [None if t is None else t.new_empty(t.shape[0], f * h * w, t.shape[2]) for t in piece]
+            for out, t in zip(whole, piece, strict=True):
+                if out is not None:
+                    out[:, f0 * h * w : f1 * h * w] = t
+        return whole
 
     def _add_outer(self, out: torch.Tensor) -> torch.Tensor:
         return _add_rows(out, self.outer, self.state.recompute)
@@ -932,8 +986,11 @@ class ImVideoEditTransformer(nn.Module):
         source: SourceFeatures | RecomputedSource | None = None,
         gate_text: torch.Tensor | None = None,
         collect_gates: bool = False,
+        sda_chunks: int = 1,
     ) -> torch.Tensor:
         """Velocity prediction for `latents` (batch, c, f, h, w). `gate_text`: pooled embeddings (batch, text_dim).
+        `sda_chunks`: run each block's SDA over the latent frames in this many pieces, for a smaller working
+        set; the SDA is per frame, so the output is the same.
 
         `source`: the cached stream (`encode_source`; a batch-1 source serves every row, e.g. the guidance
         branches), or a `RecomputedSource` whose stream runs inside this forward as extra rows of the batch."""
@@ -955,6 +1012,7 @@ class ImVideoEditTransformer(nn.Module):
         st.gates = []
         st.fold = f if per_frame else 1
         st.recompute = 0
+        st.sda_chunks = sda_chunks
         st.armed = True
         if two_way:  # [target | source] along frames; the source's tokens at timestep 0
             src = source.latents.to(latents.dtype)

@@ -289,7 +289,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         store = "cpu" if cache == "cpu" else None
         return expert.model.encode_source(source, empty, prepare=True, store=store)
 
-    def _predict(self, expert: _Expert, x, t, branches: list[_Branch], sources: dict, cfg_batch: bool):
+    def _predict(self, expert: _Expert, x, t, branches: list[_Branch], sources: dict, cfg_batch: bool, sda_chunks=1):
         """Every branch's velocity for latents `x` (1, c, f, h, w), and the first branch's gate map. With
         `cfg_batch` the branches that read the same source run as one batch (it serves them all uncopied);
         otherwise one after another, each at batch 1."""
@@ -306,7 +306,9 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 p = expert.transformer(x_in, t_in, text, return_dict=False)[0]
             else:
                 gate_text = torch.cat([branches[i].gate_text for i in idx])
-                p = expert.model(x_in, t_in, text, sources[key], gate_text, collect_gates=idx[0] == 0)
+                p = expert.model(
+                    x_in, t_in, text, sources[key], gate_text, collect_gates=idx[0] == 0, sda_chunks=sda_chunks
+                )
                 if idx[0] == 0:
                     gate = expert.model.last_gate_map()  # None for an architecture without a gate (concat)
             for i, pi in zip(idx, p.float().chunk(n), strict=True):
@@ -340,6 +342,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         window_overlap: int = 16,
         source_cache: str = "device",
         cfg_batch: bool = True,
+        sda_chunks: int = 1,
         callback_on_step_end=None,
     ) -> ImVideoEditPipelineOutput:
         """`window_size`: frames the model sees at once (None: all); `window_overlap`: frames shared by
@@ -347,6 +350,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         `source_cache`: where the source stream's features live while denoising: "device", "cpu" (host
         memory, each block brought in as it runs) or "recompute" (no cache: the stream runs inside every
         pass). `cfg_batch`: the guidance branches in one batch (faster) or one after another (less memory).
+        `sda_chunks`: each block's SDA runs a window's latent frames in this many pieces (less memory).
         Every choice gives the same frames."""
         if source_cache not in SOURCE_CACHES:
             raise UsageError(f"Unknown source_cache {source_cache!r}.", f"Use one of {', '.join(SOURCE_CACHES)}.")
@@ -419,7 +423,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
                             zeros = torch.zeros_like(source[:, :, s:e])
                             window_sources[j]["null"] = self._source_for(expert, zeros, empty, source_cache)
                     preds, g = self._predict(
-                        expert, latents[:, :, s:e].to(dtype), t, branches, window_sources[j], cfg_batch
+                        expert, latents[:, :, s:e].to(dtype), t, branches, window_sources[j], cfg_batch, sda_chunks
                     )
                     pred[:, :, s:e] += self._guide(preds, guidance_scale, source_guidance_scale) * weights[j]
                     if i == len(timesteps) - 1:
