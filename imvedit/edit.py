@@ -26,6 +26,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .fsutil import check_output_path
+from .memory.edit_plan import SDA_CHUNKS
 from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
 from .models.loading import (  # the loader moved; its names stay importable from here
     ADAPTER_FILE,  # noqa: F401
@@ -41,6 +42,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOADS = ("auto", "none", "model", "group")
 SOURCE_CACHES = ("auto", "device", "cpu", "recompute")
 CFG_BATCHES = ("auto", "on", "off")
+SDA_CHUNKINGS = ("auto", "on", "off")
 # fp8 storage of the frozen base through diffusers' layerwise casting; "bf16" (or none) keeps --dtype
 BASE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": None}
 Progress = Callable[..., None]  # progress(done, total, info="stage")
@@ -83,6 +85,9 @@ class EditConfig:
     # brought in as it runs), "recompute" (no cache: the stream runs inside every pass), "auto"
     source_cache: str = "auto"
     cfg_batch: str = "auto"  # the guidance branches in one batch ("on", faster) or one by one ("off"), "auto"
+    # each block's SDA over a window's latent frames in pieces ("on": a fraction of its memory, the same frames)
+    # or all at once ("off"), "auto"
+    sda_chunking: str = "auto"
     base_dtype: str | None = None  # "fp8": the frozen base's weights stored in fp8, computed in --dtype
     vae_tiling: bool | None = None  # decode/encode in spatial tiles (default: on above 480p)
     compile: bool = False  # torch.compile the transformer's repeated blocks (diffusers' compile_repeated_blocks)
@@ -134,6 +139,7 @@ class EditConfig:
             ("--offload", self.offload, OFFLOADS),
             ("--source-cache", self.source_cache, SOURCE_CACHES),
             ("--cfg-batch", self.cfg_batch, CFG_BATCHES),
+            ("--sda-chunking", self.sda_chunking, SDA_CHUNKINGS),
         ):
             if value not in choices:
                 raise UsageError(f"Unknown {name} {value!r}.", f"Use one of {', '.join(choices)}.")
@@ -312,11 +318,12 @@ def memory_options(config: EditConfig, gpu_memory_gib: float | None = None) -> d
         "offload": "model" if config.cpu_offload else config.offload,
         "source_cache": config.source_cache,
         "cfg_batch": config.cfg_batch,
+        "sda_chunking": config.sda_chunking,
     }
     if "auto" not in chosen.values():
         return chosen
     if gpu_memory_gib is None and edit_device(config).type != "cuda":
-        fastest = {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
+        fastest = {"offload": "none", "source_cache": "device", "cfg_batch": "on", "sda_chunking": "off"}
         return {k: fastest[k] if v == "auto" else v for k, v in chosen.items()}
     plan = _plan_for_input(config, chosen, gpu_memory_gib)
     return {k: plan[k] for k in chosen}
@@ -425,6 +432,7 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
         window_overlap=overlap,
         source_cache=options["source_cache"],
         cfg_batch=options["cfg_batch"] == "on",
+        sda_chunks=SDA_CHUNKS if options["sda_chunking"] == "on" else 1,
         callback_on_step_end=on_step,
     )
     edited = _to_uint8(result.frames)

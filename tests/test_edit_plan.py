@@ -62,7 +62,7 @@ def test_a_24_gb_card_edits_81_frames_with_1_3b(size, limit):
     r = _dry_run("--model", f"{CONFIGS}/wan2.1-t2v-1.3b", "--size", size, "--frames", "81", "--gpu-memory", "24")
     assert r["fits"] is True
     assert r["peak_gib"] <= limit
-    assert set(r["options"]) >= {"source_cache", "cfg_batch", "offload", "base_dtype", "vae_tiling"}
+    assert set(r["options"]) >= {"source_cache", "cfg_batch", "offload", "base_dtype", "sda_chunking", "vae_tiling"}
     assert r["components"]["step"] > 0 and r["alternatives"][-1]["fits"] is True
 
 
@@ -73,14 +73,26 @@ def test_14b_fits_80_gb_with_auto(size):
     assert r["peak_gib"] <= 75
 
 
-def test_14b_has_a_24_gb_plan_with_fp8_and_offload():
+@pytest.mark.parametrize("size", ["832x480", "1280x720"])
+def test_14b_has_a_24_gb_plan_with_fp8_and_offload(size):
     r = _dry_run(
-        "--model", f"{CONFIGS}/wan2.1-t2v-14b", "--size", "832x480", "--frames", "81", "--gpu-memory", "24",
+        "--model", f"{CONFIGS}/wan2.1-t2v-14b", "--size", size, "--frames", "81", "--gpu-memory", "24",
         "--base-dtype", "fp8",
     )  # fmt: skip
     assert r["fits"] is True
     assert r["options"]["base_dtype"] == "fp8" and r["options"]["offload"] != "none"
     assert r["peak_gib"] <= 24 * 0.9
+
+
+def test_the_sda_in_pieces_matches_the_measurement():
+    """14B at 720p on a 24 GB card needs the SDA in pieces: its batch-1 step is 21 GiB with the SDA whole."""
+    spec, shape = _spec("wan2.1-t2v-14b"), EditShape(832, 480, 81)
+    whole = MemoryOptions(source_cache="cpu", offload="group", base_dtype="fp8")
+    pieces = MemoryOptions(source_cache="cpu", offload="group", base_dtype="fp8", sda_chunking="on")
+    plan, measured = plan_edit(spec, shape, pieces), measure_edit(spec, shape, pieces)
+    assert plan.components["step"] == pytest.approx(measured.components["step"], rel=0.1)
+    assert plan.peak_gib == pytest.approx(measured.peak_gib, rel=0.1)
+    assert plan.components["step"] < 0.5 * plan_edit(spec, shape, whole).components["step"]
 
 
 def test_options_given_are_kept_and_the_verdict_says_when_nothing_fits():

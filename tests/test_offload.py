@@ -225,12 +225,14 @@ def test_the_cli_passes_the_memory_options_and_reports_them(tmp_path, clip):
     ]  # fmt: skip
     cmd = edit + [
         "--steps", "2", "--offload", "group", "--source-cache", "recompute", "--cfg-batch", "off",
-        "--vae-tiling", "--lora", f"{lora}:0.7", "--json",
+        "--sda-chunking", "on", "--vae-tiling", "--lora", f"{lora}:0.7", "--json",
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     memory = json.loads(r.stdout)["memory"]
-    assert memory == {"offload": "group", "source_cache": "recompute", "cfg_batch": "off", "vae_tiling": True}
+    assert memory == {
+        "offload": "group", "source_cache": "recompute", "cfg_batch": "off", "sda_chunking": "on", "vae_tiling": True,
+    }  # fmt: skip
     bad = subprocess.run(edit + ["--source-cache", "disk"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Unknown --source-cache 'disk'" in bad.stderr
 
@@ -250,8 +252,9 @@ def test_an_edit_on_auto_takes_the_plans_choice_for_its_input(tmp_path):
         "offload": "none",
         "source_cache": "device",
         "cfg_batch": "on",
+        "sda_chunking": "off",
     }
     config.source_cache = "recompute"  # what the user gives is kept
     assert memory_options(config, gpu_memory_gib=200)["source_cache"] == "recompute"
     on_cpu = EditConfig(clip, "x", tmp_path / "o.mp4", model="tiny-random", device="cpu")
-    assert memory_options(on_cpu) == {"offload": "none", "source_cache": "device", "cfg_batch": "on"}
+    assert memory_options(on_cpu) == {"offload": "none", "source_cache": "device", "cfg_batch": "on", "sda_chunking": "off"}

@@ -62,6 +62,9 @@ def edit(
     cfg_batch: str = typer.Option(
         "auto", "--cfg-batch", help="Guidance branches in one batch (on, faster) or one by one (off, less memory)."
     ),
+    sda_chunking: str = typer.Option(
+        "auto", "--sda-chunking", help="The adapter's per-frame attention over the frames in pieces (on, less memory)."
+    ),
     base_dtype: str | None = typer.Option(
         None, "--base-dtype", help="fp8: store the frozen base in fp8 (layerwise casting), compute in --dtype."
     ),
@@ -120,7 +123,7 @@ def edit(
 
         req = DryRunRequest(
             model, adapter, size, frames, gpu_memory, window, overlap, guidance, source_guidance, source_cache,
-            cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure,
+            cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure, sda_chunking,
         )  # fmt: skip
         result = run(lambda: edit_dry_run(req))
         if json_out:
@@ -135,6 +138,7 @@ def edit(
         window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
         codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
         offload=offload, source_cache=source_cache, cfg_batch=cfg_batch, base_dtype=base_dtype, compile=compile_,
+        sda_chunking=sda_chunking,
         lora=list(lora),
         attention_backend=attention_backend, overwrite=overwrite, arch=arch,
     )  # fmt: skip
@@ -213,7 +217,11 @@ COMPONENTS = {
 
 def _options_label(o: dict) -> str:
     tiling = "tiled VAE" if o["vae_tiling"] else "untiled VAE"
-    return f"cache {o['source_cache']}, cfg-batch {o['cfg_batch']}, offload {o['offload']}, {o['base_dtype']}, {tiling}"
+    chunks = ", SDA in pieces" if o["sda_chunking"] == "on" else ""
+    return (
+        f"cache {o['source_cache']}, cfg-batch {o['cfg_batch']}, offload {o['offload']}, {o['base_dtype']}{chunks}, "
+        f"{tiling}"
+    )
 
 
 def print_memory_plan(r: dict) -> None:

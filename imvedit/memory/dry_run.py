@@ -33,6 +33,7 @@ class DryRunRequest:
     base_dtype: str | None = None  # None: bf16, as `imvedit edit` (auto never picks fp8 for the user)
     vae_tiling: bool | None = None
     measure: bool = False  # also run the phases on the meta device
+    sda_chunking: str | None = None  # the SDA over a window's frames in pieces ("on") or whole ("off")
 
 
 def parse_size(size: str) -> tuple[int, int]:

@@ -18,7 +18,9 @@ prefetched) or recompute (no cache: each edit forward runs the source as one mor
 (the guidance branches that read one source in one batch) or off (one forward per branch); `offload`
 none, model (one of text encoder / transformer / VAE on the device at a time) or group (block-level group
 offloading with streams for the transformer and the text encoder; the VAE stays); `base_dtype` bf16 or
-fp8 (the frozen transformer stored in fp8 by diffusers' layerwise casting); `vae_tiling`.
+fp8 (the frozen transformer stored in fp8 by diffusers' layerwise casting); `sda_chunking` off or on (each
+block's SDA runs a window's latent frames in up to `SDA_CHUNKS` pieces: it is per frame, so its working set
+shrinks by as much for the same output); `vae_tiling`.
 
 Weights are counted exactly (the modules are built on the meta device). Activations are arithmetic: for
 each phase, what the code keeps alive at its largest point, read off diffusers' `transformer_wan.py`,
@@ -46,17 +48,20 @@ CHOICES = {  # each option's values, fastest first
     "cfg_batch": ("on", "off"),
     "offload": ("none", "model", "group"),
     "base_dtype": ("bf16", "fp8"),
+    "sda_chunking": ("off", "on"),
 }
+SDA_CHUNKS = 8  # the pieces `sda_chunking` on cuts a window's latent frames into
 # How much slower than the fastest each value makes an edit, roughly: only the order of the products is
 # used, to try the option sets from the cheapest in time. The cpu cache streams 2 blocks per step on a
 # side stream; recompute runs the source as one more row of every forward; cfg off runs batch-1 forwards;
 # model offload moves each model once per edit, group offload the whole transformer every forward; fp8
-# casts each layer before it runs.
+# casts each layer before it runs; the SDA in pieces launches more, smaller kernels.
 TIME_COST = {
     "source_cache": {"device": 1.0, "cpu": 1.02, "recompute": 1.4},
     "cfg_batch": {"on": 1.0, "off": 1.1},
     "offload": {"none": 1.0, "model": 1.05, "group": 1.2},
     "base_dtype": {"bf16": 1.0, "fp8": 1.15},
+    "sda_chunking": {"off": 1.0, "on": 1.03},
 }
 
 
@@ -94,7 +99,12 @@ class MemoryOptions:
     cfg_batch: str = "on"
     offload: str = "none"
     base_dtype: str = "bf16"
+    sda_chunking: str = "off"
     vae_tiling: bool = False
+
+    @property
+    def sda_chunks(self) -> int:
+        return SDA_CHUNKS if self.sda_chunking == "on" else 1
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in (*CHOICES, "vae_tiling")}
@@ -159,23 +169,30 @@ class _Transformer:
         gates = self.sda_blocks * rows * tokens * FP32
         return stream + rope + text + gates
 
-    def edit_block(self, tokens: int, rows: int, recompute: int = 0) -> int:
+    def edit_block(self, tokens: int, rows: int, recompute: int = 0, piece: float = 1.0) -> int:
         """The largest working set inside one SDA block of an edit forward with `rows` edited rows (and
         `recompute` source rows after them), in units of one row's (tokens, width) bf16 tensor:
 
         - attn1 (the block's own processor): the normed input, the q/k/v the hooks stash for the SDA, the
           normed q and RMS norm of k, which on the meta device (no fused kernel) is a float32 copy and two
           float32 products: 1 + 3 + 1 + 6 = 11 per row;
-        - the SDA, for the edited rows: beside the normed input, stashed q/k/v, attn1's output and the
-          layer-normed input (6 per row), every branch's low-rank q/k/v updates (3 per branch), the normed
-          and rotated q (1), and RMS norm of k + its update (1 + 6): 11 per branch and row; with
-          `recompute`, the source rows' keys and values through the branches (2 per branch) too;
+        - the SDA, which runs in the pre-hook of attn1's output projection, for the edited rows: beside the
+          normed input, the stashed q/k/v, the block's own rotated q and k (its processor's locals while it
+          calls `to_out`), its attention output and the layer-normed input (8 per row), every branch's
+          low-rank q/k/v updates (3 per branch), the normed and rotated q (1), and RMS norm of k + its update
+          (1 + 6): 11 per branch and row; with `recompute`, the source rows' keys and values through the
+          branches (2 per branch) too;
         - the feed-forward: the stream after attention, the cross-attention's output and the normed input
           (3 per row) and the GELU-tanh's input and output (2 x ffn / width per row);
         - the block's end: 10 per row (the float32 residual sums).
+
+        With the SDA in pieces (`piece`: the share of the frames one piece holds), the 11 per branch and row
+        are one piece's, beside the update of every frame filled piece by piece (2 per row: the part before
+        the output projection and the part after).
         """
         total = rows + recompute
-        sda = 6 * total + 2 * self.branches * recompute + 11 * self.branches * rows
+        per_branch = 11 * self.branches * rows
+        sda = 8 * total + 2 * self.branches * recompute + (per_branch if piece >= 1 else 2 * rows + per_branch * piece)
         ffn = 3 * total + 2 * total * self.ffn / self.width
         units = max(11 * total, sda, ffn, 10 * total)
         return int(units * tokens * self.width * BF16)
@@ -208,6 +225,7 @@ def _geometry(spec: BaseSpec, shape: EditShape, t: _Transformer) -> dict:
         "vae": vae,
         "windows": windows,
         "tokens": max(e - s_ for s_, e in windows) // t.patch[0] * grid,  # the longest window's
+        "frames": max(e - s_ for s_, e in windows) // t.patch[0],
         "latent_elements": latent,
     }
 
@@ -241,7 +259,7 @@ def plan_edit(spec: BaseSpec, shape: EditShape, options: MemoryOptions) -> Plan:
         "vae_encode": w["vae"] + encode_bytes(g["vae"], frames, h, wd, tiling),
         "vae_decode": w["vae"] + decode_bytes(g["vae"], shape.latent_frames, h, wd, tiling),
         "source_cache": _cache(t, g, shape, options),
-        "step": _step(t, g["tokens"], shape, options, spec.prompt_tokens),
+        "step": _step(t, g["tokens"], g["frames"], shape, options, spec.prompt_tokens),
         "source_stream": _record(t, g, shape, options, spec.prompt_tokens),
         # the source latents (bf16), the latents and the blended prediction (fp32), the prompts' embeddings
         "latents": g["latent_elements"] * (BF16 + 2 * FP32) + PROMPTS * spec.prompt_tokens * (t.text_dim * BF16 + FP32),
@@ -265,11 +283,15 @@ def _cache(t: _Transformer, g: dict, shape: EditShape, options: MemoryOptions) -
     return {"device": every, "cpu": 2 * block, "recompute": 0}[options.source_cache]
 
 
-def _step(t: _Transformer, tokens: int, shape: EditShape, options: MemoryOptions, prompt_tokens: int) -> int:
-    """The largest forward of a step (with `recompute`, each has one more row: the source)."""
+def _step(
+    t: _Transformer, tokens: int, frames: int, shape: EditShape, options: MemoryOptions, prompt_tokens: int
+) -> int:
+    """The largest forward of a step (with `recompute`, each has one more row: the source); `frames`: the
+    window's latent frames, which the SDA may run in pieces."""
     r = 1 if options.source_cache == "recompute" else 0
+    piece = -(-frames // options.sda_chunks) / frames
     return max(
-        t.forward_base(tokens, rows + r, prompt_tokens) + t.edit_block(tokens, rows, r)
+        t.forward_base(tokens, rows + r, prompt_tokens) + t.edit_block(tokens, rows, r, piece)
         for rows in forward_batches(shape, options.cfg_batch)
     )
 

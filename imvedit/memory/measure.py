@@ -111,7 +111,7 @@ class _Run:
                     text = torch.cat([b[0] for b in branches[first : first + rows]])
                     gate_text = torch.cat([b[1] for b in branches[first : first + rows]])
                     p = self.model(x.expand(rows, -1, -1, -1, -1), t.expand(rows), text, src[key], gate_text,
-                                   collect_gates=first == 0)  # fmt: skip
+                                   collect_gates=first == 0, sda_chunks=o.sda_chunks)  # fmt: skip
                     pred[:, :, start:end] += p.float().sum(0, keepdim=True)
                 first += rows
         del sources, src
