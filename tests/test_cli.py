@@ -24,6 +24,22 @@ def imvedit(*args, cwd=None):
     )
 
 
+def strict_json(text: str):
+    """Parse as jq or JavaScript would: Infinity and NaN are not JSON."""
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_machine_output_has_no_infinity_or_nan():
+    from imvedit import jsonutil
+
+    text = jsonutil.dumps({"psnr": float("inf"), "rows": [{"x": float("nan"), "y": -float("inf")}, 1.5], "n": 3})
+    assert strict_json(text) == {"psnr": None, "rows": [{"x": None, "y": None}, 1.5], "n": 3}
+
+
 def test_help_lists_the_five_commands_and_version():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -36,13 +52,13 @@ def test_help_lists_the_five_commands_and_version():
 def test_end_to_end_prepare_train_edit_export(tmp_path, pairs_folder, clip):
     r = imvedit("prepare", pairs_folder, "-o", tmp_path / "prepared", "--limit", "3", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["kept"] == 3
+    assert strict_json(r.stdout)["kept"] == 3
 
     r = imvedit(
         "train", tmp_path / "prepared", "-o", tmp_path / "run", "--model", "tiny-random", "--max-steps", "2", "--json"
     )
     assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout)
+    summary = strict_json(r.stdout)
     assert summary["steps"] == 2
     for name in ("adapter.safetensors", "config.yaml", "log.jsonl", "summary.json"):
         assert (tmp_path / "run" / name).is_file()
@@ -61,6 +77,7 @@ def test_end_to_end_prepare_train_edit_export(tmp_path, pairs_folder, clip):
         "--json",
     )
     assert r.returncode == 0, r.stderr
+    assert strict_json(r.stdout)["frames"] == 9
     frames_in, info_in = read_video(clip)
     frames_out, info_out = read_video(tmp_path / "out.mp4")
     assert frames_out.shape == frames_in.shape  # 9 frames, 64x48
@@ -69,7 +86,7 @@ def test_end_to_end_prepare_train_edit_export(tmp_path, pairs_folder, clip):
 
     r = imvedit("export", tmp_path / "run", "-o", tmp_path / "adapter.safetensors", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["base"] == "tiny-random"
+    assert strict_json(r.stdout)["base"] == "tiny-random"
 
     # the exported adapter gives the same edit as the run's own
     r = imvedit(
@@ -88,8 +105,13 @@ def test_end_to_end_prepare_train_edit_export(tmp_path, pairs_folder, clip):
 
     r = imvedit("eval", "--pred", tmp_path / "out.mp4", "--source", clip, "--json")
     assert r.returncode == 0, r.stderr
-    metrics = json.loads(r.stdout)
+    metrics = strict_json(r.stdout)
     assert metrics["clips"] == 1 and metrics["per_clip"][0]["frames"] == 9 and metrics["overall"]["flicker"] >= 0
+
+    # a copy of the source: its PSNR against the source is +inf, which strict JSON writes as null
+    r = imvedit("eval", "--pred", clip, "--source", clip, "--json")
+    assert r.returncode == 0, r.stderr
+    assert strict_json(r.stdout)["overall"]["psnr_vs_source"] is None
 
 
 def test_edit_an_image_gives_an_image(tmp_path):

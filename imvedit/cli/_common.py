@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .. import jsonutil
 from ..errors import ImveditError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -95,6 +95,6 @@ def progress_bar(description: str, enabled: bool = True):
 def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
     """Print the result: one JSON object on stdout with --json, else a short human line."""
     if as_json:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.write(jsonutil.dumps(result) + "\n")
     else:
         Console(highlight=False).print(human, markup=False)

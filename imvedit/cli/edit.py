@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import typer
 
+from .. import jsonutil
 from ._common import emit, err_console, progress_bar, run
 
 
@@ -127,7 +127,7 @@ def edit(
         )  # fmt: skip
         result = run(lambda: edit_dry_run(req))
         if json_out:
-            sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
+            sys.stdout.write(jsonutil.dumps(result) + "\n")
         else:
             print_memory_plan(result)
         return
@@ -185,7 +185,7 @@ def edit(
             for record in run_jobs(mine, progress=bar):
                 failed += record["status"] == "failed"
                 if json_out:
-                    sys.stdout.write(json.dumps(record, default=str) + "\n")
+                    sys.stdout.write(jsonutil.dumps(record) + "\n")
                     sys.stdout.flush()
                 elif record["status"] == "ok":
                     print(f"ok       {record['output']} ({record['frames']} frames, {record['seconds']:.1f} s)")

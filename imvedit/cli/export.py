@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from .. import jsonutil
 from ..errors import UsageError
 from ._common import emit, fail, run
 
@@ -41,7 +41,7 @@ def export(
 
         info = run(lambda: inspect_adapter(source))
         if json_out:
-            typer.echo(json.dumps(info, default=str))
+            typer.echo(jsonutil.dumps(info))
         else:
             _print_inspection(info)
         if not info["hash_ok"]:

@@ -8,7 +8,6 @@ under `skipped` with the reason.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from .. import __version__
+from .. import __version__, jsonutil
 from ..errors import UsageError
 from ..fsutil import atomic_path
 from ..video.io import IMAGE_SUFFIXES, is_image, read_image, read_video
@@ -168,7 +167,7 @@ def evaluate(config: EvalConfig, progress=None) -> dict:
     if config.report is not None:
         Path(config.report).mkdir(parents=True, exist_ok=True)
         with atomic_path(Path(config.report) / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2, default=str))
+            tmp.write_text(jsonutil.dumps(result, indent=2))
     return result
 
 

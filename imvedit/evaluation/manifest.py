@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import __version__
+from .. import __version__, jsonutil
 from ..errors import UsageError
 from ..fsutil import atomic_path
 from .evaluate import METRICS_VERSION, _mean, score_pair
@@ -153,6 +153,6 @@ def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
         "per_clip": clips,
     }
     with atomic_path(report / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.write_text(jsonutil.dumps(result, indent=2))
     write_report(result, report)
     return result

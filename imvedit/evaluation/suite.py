@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .. import jsonutil
 from ..errors import UsageError
 from ..fsutil import atomic_path
 
@@ -311,7 +312,7 @@ def write_page(results: dict, report: Path) -> Path:
     assets.mkdir(parents=True, exist_ok=True)
     rows, o, m = results["rows"], results["options"], results["machine"]
     with atomic_path(assets / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
+        tmp.write_text(jsonutil.dumps(results, indent=2))
     with atomic_path(assets / "quality_vs_compute.svg") as tmp:
         tmp.write_text(scatter_svg(rows))
     with atomic_path(assets / "temporal_error.svg") as tmp:
