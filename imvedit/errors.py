@@ -26,3 +26,9 @@ class UsageError(ImveditError):
     """Bad arguments or input files: exit code 2, like every CLI's usage errors."""
 
     exit_code = 2
+
+
+class TrainingError(ImveditError):
+    """A run that failed though its input was fine (e.g. the loss diverged): exit code 1, not a usage error."""
+
+    exit_code = 1

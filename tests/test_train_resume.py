@@ -79,7 +79,7 @@ def test_warmup_and_cosine_schedule(pairs, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert lrs[0] == pytest.approx(2e-3 / 4 * 1) or lrs[0] < lrs[3]  # rising during warm-up
+    assert lrs[0] == pytest.approx(2e-3 / 4 * 1) and lrs[0] < lrs[3]  # the first of 4 warm-up steps, then rising
     assert lrs[:4] == sorted(lrs[:4]) and lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 1e-4
 
 
@@ -170,3 +170,18 @@ def test_fused_adamw_trains_the_same_adapter_and_8bit_needs_bitsandbytes(pairs, 
     if importlib.util.find_spec("bitsandbytes") is None:
         r = subprocess.run(train_cmd(pairs, tmp_path / "b", "--optimizer", "adamw8bit"), capture_output=True, text=True)
         assert r.returncode == 2 and "needs bitsandbytes" in r.stderr and not (tmp_path / "b").exists()
+
+
+def test_a_diverged_loss_is_a_training_failure_not_a_usage_error(pairs, tmp_path, monkeypatch):
+    """Exit 1 (the run failed), one line that says what to try, and no adapter written."""
+    from typer.testing import CliRunner
+
+    from imvedit.cli.main import app
+    from imvedit.training import train as train_module
+
+    monkeypatch.setattr(train_module, "flow_matching_loss", lambda *a, **kw: torch.tensor(float("nan"), requires_grad=True))
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", str(pairs), "-o", str(run), "--model", "tiny-random", "--max-steps", "2"])
+    assert r.exit_code == 1, r.output
+    assert "The loss became nan at step 1" in r.output and "--lr" in r.output
+    assert not (run / "adapter.safetensors").exists()

@@ -35,7 +35,7 @@ from diffusers.training_utils import EMAModel
 from .. import __version__
 from ..data.cache import CachedPairs, cache_matches, read_cache_meta
 from ..data.pairs import BucketBatchSampler, PairsDataset
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError
 from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import save_adapter, save_adapter_pair, second_name
 from ..models.bases import COMPONENTS, EXPERTS, expert_count, load_base
@@ -366,7 +366,7 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
                             sigma_range=sigma_ranges[expert],
                         )
                     if not torch.isfinite(loss):
-                        raise UsageError(
+                        raise TrainingError(
                             f"The loss became {loss.item()} at step {step + 1}.",
                             "Lower --lr or use --mixed-precision no.",
                         )
