@@ -31,7 +31,7 @@ def test_export_onto_a_full_disk(tmp_path, monkeypatch):
             f.write(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device", filename)
 
-    monkeypatch.setattr("imvedit.models.adapter_file.save_file", full_disk)
+    monkeypatch.setattr("imvedit.models.adapter_format.save_file", full_disk)
     for target in (out_dir / "x.safetensors", out_dir / "folder"):
         r = runner.invoke(app, ["export", str(src), "-o", str(target)])
         assert r.exit_code == 1 and "The disk is full" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import UsageError
+from .adapter_format import FORMAT, file_tensors, read_verified_tensors, write_adapter
 from .lora import LowRank
 
 BRANCH_MODES = ("pos_neg", "zero_out")
@@ -390,8 +391,6 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         """diffusers' loader (as `DiffusionPipeline.from_pretrained` calls it for an exported pipeline's
         `adapter/` folder), then the checks of an imvedit adapter file: the weights must match their
         recorded hash, and the base they were trained for is kept for the pipeline to check."""
-        from .adapter_file import FORMAT, read_verified_tensors
-
         adapter = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         weights = _weights_file(pretrained_model_name_or_path, kwargs)
         if weights is not None:
@@ -407,11 +406,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         base, payload hash) when the base is known, so loading it anywhere can be checked."""
         super().save_pretrained(save_directory, **kwargs)
         if self.base_identity is not None and kwargs.get("safe_serialization", True):
-            from .adapter_file import save_adapter
-
             weights = _weights_file(save_directory, {"variant": kwargs.get("variant")})
             if weights is not None:
-                save_adapter(self, weights, self.base_identity)
+                write_adapter(file_tensors(self.state_dict()), dict(self.config), weights, self.base_identity)
 
     @classmethod
     def for_base(cls, transformer: WanTransformer3DModel, arch: str = "imvedit", **switches) -> ImVideoEditAdapter:
