@@ -59,3 +59,41 @@ def test_unknown_variants_and_a_missing_report_are_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "Unknown variant" in r.output
     r = runner.invoke(app, ["eval", "--suite", "paper", "--quick"])
     assert r.exit_code == 2 and "--report" in r.output
+
+
+def _row(name, region, temporal, seconds=100.0, groups=None):
+    row = {"name": name, "edit_region_psnr": region, "temporal_error": temporal, "training_seconds": seconds,
+           "edit_seconds_per_frame": 0.1}  # fmt: skip
+    if groups:
+        row["per_group"] = groups
+    return row
+
+
+def test_each_headline_says_whether_its_claim_held_from_the_numbers():
+    """The verdicts are computed against the thresholds on the page, per group of edit kinds: changing a
+    number changes the verdict."""
+    from imvedit.evaluation.suite import claims
+
+    def g(local, background, glob, temporal=0.01):
+        return {k: {"edit_region_psnr": v, "temporal_error": temporal} for k, v in
+                (("local", local), ("background", background), ("global", glob))}  # fmt: skip
+
+    rows = [
+        _row("imvedit", 20.0, 0.01, 100.0, g(22.0, 18.0, 24.0)),
+        _row("concat-video", 20.0, 0.01, 1000.0, g(21.5, 21.0, 23.0)),
+        _row("per-frame", 19.0, 0.03, 100.0, g(21.0, 17.0, 23.0, temporal=0.03)),
+        _row("sdedit", 13.0, 0.02, 0.0, g(14.0, 15.0, 16.0)),
+    ]
+    text = "\n".join(claims({"rows": rows}))
+    assert "**1. Image pairs edit videos about as well as video pairs (imvedit vs concat-video) — held for local, global only." in text
+    assert "background 18.00 vs 21.00 (not held)" in text and "− 1 dB" in text
+    assert "consistent (per-frame vs imvedit) — held for every group." in text
+    assert "**3. A small fraction of the compute — held.**" in text
+    assert "Edits happen (imvedit vs untrained SDEdit) — held for local, global only." in text
+    rows[3]["per_group"]["local"]["edit_region_psnr"] = 18.0  # SDEdit now within 5 dB of imvedit
+    assert "Edits happen (imvedit vs untrained SDEdit) — held for global only." in "\n".join(claims({"rows": rows}))
+    # rows from before groups were kept: one verdict over all kinds
+    old = [_row("imvedit", 20.0, 0.01), _row("sdedit", 17.0, 0.02)]
+    assert "— not held.** Threshold: imvedit's edit_region_psnr at least SDEdit's + 5 dB" in claims(
+        {"rows": old}
+    )[0]
