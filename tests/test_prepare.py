@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imvedit.cli.main import app
+from imvedit.data.pairs import CHECKPOINT_EVERY, RESUME_FILE
 
 runner = CliRunner()
 
@@ -107,6 +108,14 @@ def test_a_folder_with_broken_samples_keeps_exactly_the_good_ones(tmp_path):
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["dropped"] == summary["dropped"]
 
 
+def _consumed(partial) -> int:
+    """Rows an interrupted prepare has checkpointed (0 before the first checkpoint or mid-write)."""
+    try:
+        return json.loads((partial / RESUME_FILE).read_text())["consumed"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
 def test_an_interrupted_prepare_continues_and_equals_an_uninterrupted_run(tmp_path):
     import signal
     import subprocess
@@ -117,9 +126,8 @@ def test_an_interrupted_prepare_continues_and_equals_an_uninterrupted_run(tmp_pa
     partial = tmp_path / ".resumed.partial"
     proc = popen_interruptible([*cmd, "-o", str(tmp_path / "resumed")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not (partial / ".resume.json").exists():
-        time.sleep(0.02)
-    time.sleep(0.3)  # a little past the first checkpoint
+    while time.time() < deadline and proc.poll() is None and _consumed(partial) < 2 * CHECKPOINT_EVERY:
+        time.sleep(0.02)  # until the program says it passed its second checkpoint
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0
     assert not (tmp_path / "resumed").exists()  # nothing at the destination
