@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from ..errors import UsageError
 from ..fsutil import staged_dir
+from .dataset import PairsDataset
 
 CACHE_DIR = "cache"
 CACHE_VERSION = 1
@@ -68,7 +69,6 @@ def cache_matches(pairs_dir: str | Path, model: str, fingerprint: str) -> bool:
 def build_cache(pairs_dir: str | Path, base, batch_size: int = 16, progress: Callable[..., None] | None = None) -> dict:
     """Encode every pair of a prepared folder with `base`'s VAE and text encoder into PAIRS_DIR/cache."""
     from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
-    from .pairs import PairsDataset
 
     dataset = PairsDataset(pairs_dir)
     device = next(base.vae.parameters()).device
