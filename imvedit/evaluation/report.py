@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from ..errors import UsageError
 from ..fsutil import atomic_path
 from ..video.io import is_image, read_image, read_video
-from .toy_bench import contact_sheet
+from .images import contact_sheet
 
 
 def _frames(path) -> np.ndarray:

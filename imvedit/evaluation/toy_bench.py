@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .images import contact_sheet
 from .metrics import psnr, temporal_error
 
 BENCH_SEED_OFFSET = 10**9  # far from prepare toy's training seeds
@@ -129,24 +130,6 @@ def vae_round_trip(pipe, video: np.ndarray) -> np.ndarray:
     z = normalize_latents(pipe.vae, pipe.vae.encode(x).latent_dist.mode())
     y = pipe.vae.decode(normalize_latents(pipe.vae, z, inverse=True), return_dict=False)[0]
     return ((y[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()[: len(video)]
-
-
-def contact_sheet(rows: list[np.ndarray], path: Path, max_columns: int = 9) -> Path:
-    """Rows of frames (each (f, h, w, 3) float [0, 1] or (f, h, w) gray) side by side in one PNG."""
-    from PIL import Image
-
-    f = rows[0].shape[0]
-    cols = np.unique(np.linspace(0, f - 1, min(f, max_columns)).round().astype(int))
-    strips = []
-    for r in rows:
-        r = r if r.ndim == 4 else np.repeat(r[..., None], 3, axis=-1)
-        tiles = [np.pad(r[c], ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for c in cols]
-        strips.append(np.concatenate(tiles, axis=1))
-    sheet = (np.concatenate(strips, axis=0).clip(0, 1) * 255).round().astype(np.uint8)
-    scale = max(1, 256 // rows[0].shape[1])
-    img = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.Resampling.NEAREST)
-    img.save(path)
-    return path
 
 
 def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] | None = None) -> dict:

@@ -34,7 +34,7 @@ from diffusers.training_utils import EMAModel
 
 from .. import __version__
 from ..data.cache import CachedPairs, cache_matches, read_cache_meta
-from ..data.pairs import BucketBatchSampler, PairsDataset
+from ..data.dataset import BucketBatchSampler, PairsDataset
 from ..errors import TrainingError, UsageError
 from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import save_adapter, save_adapter_pair, second_name
@@ -492,7 +492,7 @@ def _model_card(config: TrainConfig, summary: dict, base) -> str:
 def _validate(config: TrainConfig, base, adapters: dict, dataset, path: Path) -> None:
     """Edit the first pairs of the folder with the adapters as they are now: one row per pair (source, edit,
     target, gate) in a PNG, so the user sees the edit being learned."""
-    from ..evaluation.toy_bench import contact_sheet
+    from ..evaluation.images import contact_sheet
     from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     if base.vae is None or base.text_encoder is None:  # trained from a cache: load them for this, once
@@ -699,7 +699,7 @@ def cache_usable(pairs_dir: str | Path, model: str) -> bool:
 
 def dry_run(yaml_path: str | Path | None, overrides: dict, gpu_memory: float | None, max_area: int | None) -> dict:
     """The memory plan of the run these options describe (imvedit/training/plan.py); nothing is trained."""
-    from ..data.pairs import load_pairs_manifest
+    from ..data.dataset import load_pairs_manifest
     from .plan import plan, read_plan_input
 
     values = dict(overrides)
