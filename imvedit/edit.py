@@ -28,6 +28,7 @@ from .errors import UsageError
 from .fsutil import check_output_path
 from .memory.edit_plan import SDA_CHUNKS
 from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
+from .models.dtypes import DTYPES
 from .models.loading import (  # the loader moved; its names stay importable from here
     ADAPTER_FILE,  # noqa: F401
     EDIT_ARCHS,
@@ -38,7 +39,6 @@ from .models.loading import (  # the loader moved; its names stay importable fro
 from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOADS = ("auto", "none", "model", "group")
 SOURCE_CACHES = ("auto", "device", "cpu", "recompute")
 CFG_BATCHES = ("auto", "on", "off")

@@ -45,9 +45,9 @@ from .models.adapter_file import (
     second_name,
     to_comfyui_names,
 )
+from .models.dtypes import DTYPES
 from .models.loading import ADAPTER_FILE, EXPORTED_ADAPTER, EXPORTED_ADAPTER_2, check_experts, resolve_adapter_path
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMATS = ("adapter", "diffusers", "comfyui")
 EMA_FILE = "adapter_ema.safetensors"  # beside adapter.safetensors in a run trained with --ema-decay
 EMA_FILE_2 = second_name(EMA_FILE)  # the low-noise expert's, in a two-expert run

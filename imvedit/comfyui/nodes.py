@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..models.dtypes import DTYPES
 
 FOLDER = "imvedit"  # ComfyUI/models/imvedit: where the Loader lists adapter files
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _folder_paths():
@@ -88,7 +88,7 @@ class ImVideoEditLoader:
                     "STRING",
                     {"default": "", "tooltip": "A diffusers Wan folder or hub id; empty: the adapter's own base."},
                 ),
-                "precision": (["auto", *PRECISIONS], {"default": "auto"}),
+                "precision": (["auto", *DTYPES], {"default": "auto"}),
             }
         }
 
@@ -104,7 +104,7 @@ class ImVideoEditLoader:
         if precision == "auto":
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         else:
-            dtype = PRECISIONS[precision]
+            dtype = DTYPES[precision]
         loaded = load_model(base.strip() or None, str(path), device, dtype)  # finds the other file of a pair
         pipe = ImVideoEditPipeline.from_base(loaded.base, loaded.adapter, loaded.adapter_2)
         pipe.set_progress_bar_config(disable=True)
