@@ -56,14 +56,19 @@ def test_per_frame_recomputes_its_source_too(tiny_base):
     assert np.abs(edit(pipe, source_cache="recompute")[0] - frames).max() <= 1e-5
 
 
-def test_prepared_source_equals_the_raw_stream(tiny_base):
-    """Inference keeps the source already through the branches; the step must not change."""
+def _adapted_step(tiny_base):
+    """A randomised adapter on the tiny base and one step's inputs: two guidance rows, a batch-1 source."""
     base = tiny_base.transformer
     model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
     g = torch.Generator().manual_seed(0)
     x, src = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(1, 4, 3, 8, 8, generator=g)
     text, gate_text = torch.randn(2, 7, 16, generator=g), torch.randn(2, 16, generator=g)
-    empty, t = torch.zeros(1, 7, 16), torch.tensor([600.0, 600.0])
+    return model, x, src, text, gate_text, torch.zeros(1, 7, 16), torch.tensor([600.0, 600.0])
+
+
+def test_prepared_source_equals_the_raw_stream(tiny_base):
+    """Inference keeps the source already through the branches; the step must not change."""
+    model, x, src, text, gate_text, empty, t = _adapted_step(tiny_base)
     raw = model.encode_source(src, empty)
     prepared = model.encode_source(src, empty, prepare=True)
     assert all(b.kv is not None and b.mod is None for b in prepared.blocks.values())
@@ -178,12 +183,7 @@ def test_live_storage_after_a_step_is_what_it_was_before(tiny_base):
 def test_sda_in_pieces_of_frames_gives_the_same_velocity(tiny_base, chunks):
     """The SDA is per frame, so running a window's frames a piece at a time (`sda_chunks`, for memory) changes
     nothing but float rounding, for every form of the source and with a gate map collected."""
-    base = tiny_base.transformer
-    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
-    g = torch.Generator().manual_seed(0)
-    x, src = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(1, 4, 3, 8, 8, generator=g)
-    text, gate_text = torch.randn(2, 7, 16, generator=g), torch.randn(2, 16, generator=g)
-    empty, t = torch.zeros(1, 7, 16), torch.tensor([600.0, 600.0])
+    model, x, src, text, gate_text, empty, t = _adapted_step(tiny_base)
     sources = {
         "raw": model.encode_source(src, empty),
         "prepared": model.encode_source(src, empty, prepare=True),
