@@ -12,6 +12,7 @@ from conftest import popen_interruptible
 from safetensors.torch import load_file
 
 from imvedit.data.pairs import PrepareConfig, prepare
+from imvedit.training.train import resolve_checkpoint
 
 COMMON = ["--model", "tiny-random", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-3", "--seed", "1"]
 
@@ -48,13 +49,14 @@ def test_killed_run_resumes_to_the_same_adapter(pairs, straight, tmp_path, sig):
         train_cmd(pairs, run, "--save-every", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(run.glob("checkpoints/*/state.json")):
+    # the checkpoint the program itself would resume from: a folder still being staged does not count
+    while time.time() < deadline and proc.poll() is None and resolve_checkpoint(run, "latest") is None:
         time.sleep(0.01)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0, "the run finished before it could be killed"
     assert not (run / "adapter.safetensors").exists()  # no final adapter from an unfinished run
-    saved = json.loads(sorted(run.glob("checkpoints/*/state.json"))[-1].read_text())
+    saved = json.loads((resolve_checkpoint(run, "latest") / "state.json").read_text())
     assert 0 < saved["step"] < 12
     r = subprocess.run(train_cmd(pairs, run, "--save-every", "3", "--resume", "--json"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
