@@ -49,7 +49,7 @@ def frame_rope(rotary_emb: tuple[torch.Tensor, torch.Tensor], tokens_per_frame: 
 
     Wan's rotary embedding is interleaved: channels (2i, 2i+1) of a head turn by one angle. That is a complex
     product, one pass over the tensor instead of the half-splitting, four products and re-interleaving of
-    the real form (on CPU, 7x faster for the same result to float rounding)."""
+    the real form: the same result to float rounding, and the step cost in tests/benchmarks/bench_step_cost.py."""
     cos, sin = rotary_emb
     return torch.complex(cos[:, :tokens_per_frame, :, 0::2].float(), sin[:, :tokens_per_frame, :, 1::2].float())
 
@@ -231,8 +231,6 @@ def _frames(inputs: tuple, f0: int, f1: int, grid: tuple[int, int, int]) -> tupl
     """The SDA's inputs (x, frozen q/k/v, source, x_ln, temb) restricted to latent frames [f0, f1): the SDA is
     per frame, so a piece of the frames gives the same rows of its output as the whole."""
     f, h, w = grid
-    if (f0, f1) == (0, f):
-        return inputs
     x, frozen, src, x_ln, temb = inputs
     tokens = slice(f0 * h * w, f1 * h * w)
     return (
@@ -583,7 +581,7 @@ class _PassState:
     collect_gates: bool = False
     fold: int = 1  # per-frame: frames folded into the batch (the gate map unfolds them)
     # edit: the SDA runs the latent frames in this many pieces, one after another (it is per frame, so the
-    # output is the same); its working memory shrinks by as much (`--sda-chunks`, the memory plan)
+    # output is the same); its working memory shrinks by as much (`--sda-chunking`, the memory plan)
     sda_chunks: int = 1
 
 
