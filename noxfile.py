@@ -23,6 +23,14 @@ def tests(session):
 
 
 @nox.session
+def slow(session):
+    """The tests marked slow: long end-to-end edits and batches left out of CI to keep it under 30 minutes."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "-m", "slow", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
 def soak(session):
     """A batch of 200 clips with corrupt inputs, killed twice and resumed (tests/soak; several minutes)."""
     session.install(TORCH)

@@ -65,6 +65,7 @@ def test_output_matches_the_input_clip(tmp_path, name, size, rate, frames):
     assert b.has_audio and b.audio_streams == 1
 
 
+@pytest.mark.slow
 def test_working_size_from_resolution_or_area(tmp_path):
     clip = make_clip(tmp_path / "wide.mp4", size="96x54", frames=5, audio=False)
     sizes = {}
@@ -92,6 +93,7 @@ def test_variable_frame_rate_clip_keeps_frames_and_duration(tmp_path):
     assert b.has_audio
 
 
+@pytest.mark.slow
 def test_trim_and_max_frames(tmp_path):
     clip = make_clip(tmp_path / "in.mp4", frames=24, rate="8")
     r = imvedit("edit", clip, "x", "-o", tmp_path / "a.mp4", *FAST, "--start", "1", "--end", "2.5")
@@ -132,6 +134,7 @@ def _seam_ratio(frames: np.ndarray, boundaries: list[int]) -> float:
     return max(at) / np.median(rest)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHAPES_WAN_DIR / "model_index.json").is_file(), reason="needs the bundled shapes-wan base")
 def test_long_clip_is_edited_in_windows_without_a_seam():
     """A clip of 3x the model's window, edited in overlapping windows, against the same windows cut hard.
@@ -175,6 +178,7 @@ def _write_jobs(tmp_path, clips, corrupt):
     return jobs
 
 
+@pytest.mark.slow
 def test_batch_with_a_corrupt_input(tmp_path):
     clips = [make_clip(tmp_path / f"c{i}.mp4", frames=5) for i in range(4)]
     corrupt = tmp_path / "corrupt.mp4"
@@ -197,6 +201,7 @@ def test_batch_with_a_corrupt_input(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == mtimes
 
 
+@pytest.mark.slow
 def test_several_inputs_into_a_folder_and_sharding(tmp_path):
     clips = [make_clip(tmp_path / f"c{i}.mp4", frames=5, audio=False) for i in range(3)]
     r = imvedit("edit", *clips, "make it night", "-o", tmp_path / "out", *FAST, "--json")

@@ -138,6 +138,7 @@ def test_one_expert_trained_alone_leaves_the_other_unadapted(a14b, prepared, tmp
     assert "runs unadapted" in imvedit("export", "--inspect", run).stdout
 
 
+@pytest.mark.slow
 def test_the_expert_option_and_the_plan(a14b, prepared, tmp_path):
     r = imvedit("train", prepared, "-o", tmp_path / "r", "--model", "tiny-random", "--expert", "high", ok=False)
     assert r.returncode == 2 and "has one transformer" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -44,6 +44,7 @@ LAYERS = {
     # 7 evaluation prepares, trains and edits to score; the toy pretraining scores itself with the bench
     "imvedit.evaluation": 7,
     "imvedit.toy.pretrain": 7,
+    "imvedit.toy.pretrain_text": 7,
     # 8 the command line
     "imvedit.cli": 8,
     "imvedit.__main__": 8,

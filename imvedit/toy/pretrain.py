@@ -10,12 +10,16 @@ The refine phase (`refine:` in the config) then trains the VAE on longer clips a
 transformer on the refined VAE's latents, with fresh clips and a fresh schedule. `vae.edge_weight`
 weights the VAE's loss towards colour edges (off in the bundled recipe; docs/toy.md has its effect).
 The small UMT5 text encoder trains with the transformer (`text_encoder.train`): kept at its random
-initialisation it blurred word identity enough that the base never learned to draw the named shapes.
+initialisation it blurred word identity enough that the base never learned to draw the named shapes. With
+`text_encoder.pretrain` it instead trains alone first, on captions and instructions (`--stage text`,
+pretrain_text.py), and stays frozen from then on, as a real Wan's encoder does.
 `world:` in the config picks the shapes world (`hard`, the default, or `simple`, imvedit/toy/world.py), and
 `vae.frame_independent` builds a VAE whose latent of a frame does not depend on the frames before it
 (`bundle.zero_past_taps`), trained on single frames only. `--stage vae` keeps a checkpoint in OUT_DIR
 (`checkpoint-vae.pt`, every `vae.checkpoint_every` steps) and resumes from it when run again; with
 `vae.report_clips` it then measures the codec on held-out clips (`codec_report`, into pretrain_report.json).
+`--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. Stages chain through
+`--init`: each writes a whole base, the next starts from it.
 OUT_DIR gets the diffusers Wan layout.
 """
 
@@ -34,6 +38,8 @@ import torch.nn.functional as F
 from ..models.bases import save_base
 from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 from .bundle import build_untrained, load_config
+from .pretrain_text import train_text_encoder
+from .runlog import cosine, log_record
 from .world import DEFAULT_WORLD, EDIT_KINDS, GLOBAL_STYLES, caption, render, sample_example, sample_scene
 
 
@@ -42,22 +48,17 @@ def _to_tensor(video: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _log(path: Path | None, record: dict) -> None:
-    line = json.dumps(record)
-    print(line, flush=True)
-    if path is not None:
-        with open(path, "a") as f:
-            f.write(line + "\n")
-
-
 def _world(config: dict) -> str:
     return config.get("world", DEFAULT_WORLD)
+
+
+def _due(checkpoint: Path | None, step: int, c: dict) -> bool:
+    return checkpoint is not None and (step == c["steps"] - 1 or (step + 1) % c.get("checkpoint_every", 500) == 0)
+
+
+def _save_checkpoint(checkpoint: Path, state: dict) -> None:
+    torch.save(state, f"{checkpoint}.tmp")
+    Path(f"{checkpoint}.tmp").replace(checkpoint)  # a kill mid-write leaves the last good one
 
 
 def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | None = None) -> dict:
@@ -65,7 +66,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
     vae = base.vae
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)  # no decay: zeroed taps stay zero
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 100))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, c["steps"], 100))
     seed = 1_000_000 * (config["seed"] + 1)
     first, elapsed = 0, 0.0
     if checkpoint is not None and checkpoint.exists():  # a killed run picks up where its last checkpoint left it
@@ -74,7 +75,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         first, seed, elapsed = state["step"] + 1, state["seed"], state["seconds"]
-        _log(log, {"stage": "vae", "resumed_at": first})
+        log_record(log, {"stage": "vae", "resumed_at": first})
     start = time.time() - elapsed
     for step in range(first, c["steps"]):
         # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs);
@@ -108,7 +109,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
         sched.step()
         if step % 100 == 0 or step == c["steps"] - 1:
             psnr = -10 * math.log10(F.mse_loss((recon + 1) / 2, (x + 1) / 2).item() + 1e-12)
-            _log(
+            log_record(
                 log,
                 {
                     "stage": "vae",
@@ -118,11 +119,9 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
                     "s": round(time.time() - start),
                 },
             )
-        last = step == c["steps"] - 1
-        if checkpoint is not None and (last or (step + 1) % c.get("checkpoint_every", 500) == 0):
+        if _due(checkpoint, step, c):
             state = {"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
-            torch.save({**state, "step": step, "seed": seed, "seconds": time.time() - start}, f"{checkpoint}.tmp")
-            Path(f"{checkpoint}.tmp").replace(checkpoint)  # a kill mid-write leaves the last good one
+            _save_checkpoint(checkpoint, {**state, "step": step, "seed": seed, "seconds": time.time() - start})
     vae.eval().requires_grad_(False)
 
     # Wan normalises latents per channel with the VAE's own statistics: measure them.
@@ -141,7 +140,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
     report = {"vae_seconds": round(time.time() - start, 1)}
     if c.get("report_clips"):
         report["codec"] = codec_report(vae, world, size, c["report_clips"])
-        _log(log, {"stage": "vae", **report["codec"]})
+        log_record(log, {"stage": "vae", **report["codec"]})
     return report
 
 
@@ -233,58 +232,73 @@ def build_latent_dataset(base, config: dict, n: int, frames: int) -> tuple[torch
     return torch.cat(latents), captions
 
 
-def train_transformer(base, config: dict, log: Path | None = None) -> dict:
+def train_transformer(base, config: dict, log: Path | None = None, checkpoint: Path | None = None) -> dict:
     c = config["transformer"]
     short, long = c["clip_frames"]
     start = time.time()
     latents, captions = build_latent_dataset(base, config, c["dataset_clips"], long)
-    _log(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
+    log_record(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
     train_text = bool(config["text_encoder"].get("train", False))
     model, text_encoder = base.transformer, base.text_encoder
     model.train().requires_grad_(True)
     text_encoder.train(train_text).requires_grad_(train_text)
-    params = list(model.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+    trained = {"transformer": model, **({"text_encoder": text_encoder} if train_text else {})}
+    params = [p for m in trained.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, c["steps"], 200))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, c["steps"], 200))
     gen = torch.Generator().manual_seed(config["seed"] + 1)
-    losses = []
-    for step in range(c["steps"]):
-        idx = torch.randint(len(captions), (c["batch_size"],), generator=gen)
-        x0 = latents[idx].float()
-        if torch.rand(1, generator=gen).item() < c["image_fraction"]:
-            x0 = x0[:, :, :short]  # the first latent frame depends on the first frame only (causal VAE)
-        drop = torch.rand(len(idx), generator=gen) < c["text_dropout"]
-        prompts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
-        with torch.set_grad_enabled(train_text):
-            text, _ = encode_text(base.tokenizer, text_encoder, prompts)
-        u = torch.rand(len(idx), generator=gen)
-        sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        pred = model(((1 - s) * x0 + s * noise), sigma * 1000, text, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
+    losses, first, elapsed = [], 0, 0.0
+    if checkpoint is not None and checkpoint.exists():  # resume: same dataset (seeded), same sample stream
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        for name, module in trained.items():
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["generator"])
+        losses, first, elapsed = state["losses"], state["step"] + 1, state["seconds"]
+        log_record(log, {"stage": "transformer", "resumed_at": first})
+    start = time.time() - elapsed
+    for step in range(first, c["steps"]):
+        loss = _transformer_step(base, c, latents, captions, gen, train_text, short)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses = [*losses[-199:], loss.item()]
         if step % 100 == 0 or step == c["steps"] - 1:
-            _log(
-                log,
-                {
-                    "stage": "transformer",
-                    "step": step,
-                    "loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
-                    "s": round(time.time() - start),
-                },
+            mean = sum(losses[-100:]) / len(losses[-100:])
+            log_record(
+                log, {"stage": "transformer", "step": step, "loss": round(mean, 5), "s": round(time.time() - start)}
             )
+        if _due(checkpoint, step, c):
+            state = {name: module.state_dict() for name, module in trained.items()}
+            state.update(opt=opt.state_dict(), sched=sched.state_dict(), generator=gen.get_state())
+            _save_checkpoint(checkpoint, {**state, "losses": losses, "step": step, "seconds": time.time() - start})
     model.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     return {
         "transformer_seconds": round(time.time() - start, 1),
-        "transformer_final_loss": sum(losses[-200:]) / len(losses[-200:]),
+        "transformer_final_loss": sum(losses) / max(1, len(losses)),
     }
+
+
+def _transformer_step(base, c: dict, latents, captions, gen, train_text: bool, short: int) -> torch.Tensor:
+    """One flow-matching text-to-video step on a batch of the encoded clips (or their first frames)."""
+    idx = torch.randint(len(captions), (c["batch_size"],), generator=gen)
+    x0 = latents[idx].float()
+    if torch.rand(1, generator=gen).item() < c["image_fraction"]:
+        x0 = x0[:, :, :short]  # the first latent frame depends on the first frame only (causal VAE)
+    drop = torch.rand(len(idx), generator=gen) < c["text_dropout"]
+    prompts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
+    with torch.set_grad_enabled(train_text):
+        text, _ = encode_text(base.tokenizer, base.text_encoder, prompts)
+    u = torch.rand(len(idx), generator=gen)
+    sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    pred = base.transformer(((1 - s) * x0 + s * noise), sigma * 1000, text, return_dict=False)[0]
+    return F.mse_loss(pred, noise - x0)
 
 
 def refine(base, config: dict, log: Path | None = None) -> dict:
@@ -302,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="pretraining config (default: the bundled one)")
     parser.add_argument("-o", "--output", required=True, help="folder to write the diffusers-format base to")
-    parser.add_argument("--stage", choices=("vae", "transformer", "refine", "all"), default="all")
+    parser.add_argument("--stage", choices=("vae", "text", "transformer", "refine", "all"), default="all")
     parser.add_argument("--init", default=None, help="a base folder to start from (e.g. the VAE stage's output)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -325,8 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     report = {}
     if args.stage in ("vae", "all"):
         report.update(train_vae(base, config, log, checkpoint=out / "checkpoint-vae.pt"))
+    if args.stage in ("text", "all") and config["text_encoder"].get("pretrain"):
+        report.update(train_text_encoder(base, config, log))
     if args.stage in ("transformer", "all"):
-        report.update(train_transformer(base, config, log))
+        report.update(train_transformer(base, config, log, checkpoint=out / "checkpoint-transformer.pt"))
     if args.stage in ("refine", "all") and config.get("refine"):
         report.update(refine(base, config, log))
     if args.dtype == "fp16":  # half the bytes; loading upcasts to the dtype asked for

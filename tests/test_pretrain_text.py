@@ -1,0 +1,117 @@
+"""The toy base's staged pretraining on the simple world: the text encoder's own stage, and a resumable
+transformer stage."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import imvedit.toy.pretrain as pretrain
+from imvedit.models.bases import load_base
+from imvedit.toy.bundle import CONFIGS, load_config
+from imvedit.toy.pretrain_text import (
+    HEADS,
+    caption_labels,
+    held_out,
+    instruction_labels,
+    probe,
+    sample_texts,
+)
+from imvedit.toy.world import Background, Edit, Obj, Scene, sample_edit, sample_scene
+
+
+def _scene(shape="circle", color="blue", bg="green"):
+    return Scene(Background("flat", bg, bg), [Obj(shape, color, 0.5, 0.5, 0.0, 0.0, 0.6)], world="simple")
+
+
+def _edit(kind: str, seed: int = 0) -> Edit:
+    rng = np.random.default_rng(seed)
+    scene = _scene() if kind != "add" else Scene(Background("flat", "green", "green"), [], world="simple")
+    return sample_edit(scene, rng, kind)
+
+
+def test_an_instruction_is_labelled_with_what_it_fixes_of_the_edited_scene():
+    recolor = instruction_labels(_edit("recolor"))
+    assert recolor["kind"] == "recolor" and recolor["shape"] == "circle"
+    assert recolor["color"] not in ("blue", "green") and recolor["color"] in _edit("recolor").instruction
+    replace = instruction_labels(_edit("replace"))
+    assert "color" not in replace and replace["shape"] in ("square", "triangle")
+    assert instruction_labels(_edit("remove")) == {"kind": "remove", "color": "none", "shape": "none"}
+    add = _edit("add")
+    added = instruction_labels(add)
+    assert add.instruction.endswith(added["place"]) and f"{added['color']} {added['shape']}" in add.instruction
+    background = instruction_labels(_edit("background"))
+    assert background["background"] == background["background2"] != "green"
+    style = _edit("global")
+    assert instruction_labels(style)["style"] == style.target.style
+    assert set(caption_labels(_scene())) == {"kind", "color", "shape", "background", "background2", "style"}
+    assert caption_labels(_scene())["color"] == "blue"
+    empty = sample_scene(np.random.default_rng(1), 0, world="simple")
+    assert caption_labels(empty)["shape"] == "none"
+    for labels in (recolor, replace, added, background, caption_labels(empty)):
+        assert all(value in HEADS[head] for head, value in labels.items())
+
+
+def test_held_out_phrasings_are_a_fixed_fifth_never_in_the_training_stream():
+    rng = np.random.default_rng(0)
+    train, _ = sample_texts(rng, 400)
+    held, labels = sample_texts(rng, 100, held=True, instructions_only=True)
+    assert not any(held_out(t) for t in train) and all(held_out(t) for t in held)
+    assert all(lab["kind"] != "caption" for lab in labels)
+    any_texts, _ = sample_texts(np.random.default_rng(1), 2000, held=None)
+    share = np.mean([held_out(t) for t in set(any_texts)])
+    assert 0.1 < share < 0.3
+
+
+def _small_config(tmp_path):
+    config = load_config(CONFIGS / "pretrain-simple.yaml")
+    config["size"] = 32
+    config["vae"].update(base_dim=16, steps=1, batch_images=2, report_clips=0)
+    config["text_encoder"]["pretrain"].update(steps=6, batch_size=16, probe_texts=[200, 100])
+    config["transformer"].update(steps=4, dataset_clips=4, batch_size=2, checkpoint_every=1, clip_frames=[1, 3])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return config, ["--config", str(path), "--dtype", "fp32"]
+
+
+def test_text_stage_trains_then_freezes_the_encoder_and_reports_a_held_out_probe(tmp_path):
+    config, args = _small_config(tmp_path)
+    assert config["text_encoder"]["train"] is False  # frozen beside the transformer after its own stage
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    pretrain.main([*args, "--stage", "text", "--init", str(tmp_path / "vae"), "-o", str(tmp_path / "text")])
+    before = load_base(str(tmp_path / "vae"), torch_dtype=torch.float32).text_encoder.state_dict()
+    after = load_base(str(tmp_path / "text"), torch_dtype=torch.float32)
+    changed = [k for k, v in after.text_encoder.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # it trained
+    report = json.loads((tmp_path / "text" / "pretrain_report.json").read_text())["text_probe"]
+    assert 0 <= report["kind"] <= 1 and 0 <= report["new_attribute"] <= 1
+    assert set(report["per_head"]) == set(HEADS) and report["held_out_instructions"] == 100
+    assert probe(after, config["seed"], 200, 100) == report  # the probe is a function of the saved encoder
+
+
+def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, monkeypatch):
+    config, args = _small_config(tmp_path)
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    run = [*args, "--stage", "transformer", "--init", str(tmp_path / "vae"), "-o"]
+    pretrain.main([*run, str(tmp_path / "whole")])
+
+    real, calls = pretrain._transformer_step, []
+
+    def dies_at_step_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pretrain, "_transformer_step", dies_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main([*run, str(tmp_path / "resumed")])
+    monkeypatch.setattr(pretrain, "_transformer_step", real)
+    pretrain.main([*run, str(tmp_path / "resumed")])
+    assert '"resumed_at": 2' in (tmp_path / "resumed" / "pretrain_log.jsonl").read_text()
+    whole = load_base(str(tmp_path / "whole"), torch_dtype=torch.float32).transformer.state_dict()
+    resumed = load_base(str(tmp_path / "resumed"), torch_dtype=torch.float32).transformer.state_dict()
+    for name, a in whole.items():
+        assert torch.allclose(a, resumed[name], atol=1e-6), name
