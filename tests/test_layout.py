@@ -45,6 +45,7 @@ LAYERS = {
     "imvedit.evaluation": 7,
     "imvedit.toy.pretrain": 7,
     "imvedit.toy.pretrain_text": 7,
+    "imvedit.toy.binding": 7,
     # 8 the command line
     "imvedit.cli": 8,
     "imvedit.__main__": 8,

@@ -115,3 +115,22 @@ def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, mo
     resumed = load_base(str(tmp_path / "resumed"), torch_dtype=torch.float32).transformer.state_dict()
     for name, a in whole.items():
         assert torch.allclose(a, resumed[name], atol=1e-6), name
+
+
+def test_binding_reads_the_colour_and_shape_of_a_rendered_object_back():
+    """The base's binding report reads objects off frames: on frames the world renders it must be exact."""
+    from imvedit.toy.binding import read_object
+    from imvedit.toy.world import SIMPLE_SHAPES, render
+
+    rng = np.random.default_rng(0)
+    read = []
+    for _ in range(24):
+        scene = sample_scene(rng, 1, world="simple")
+        for frame in render(scene, 3, 64)[::2]:
+            got = read_object(frame, scene)
+            read.append((got["color"], got["shape"]) == (scene.objects[0].color, scene.objects[0].shape))
+            assert got["iou"] > 0.8
+    assert all(read)
+    assert {s.objects[0].shape for s in [sample_scene(rng, 1, world="simple") for _ in range(30)]} == set(SIMPLE_SHAPES)
+    empty = sample_scene(rng, 0, world="simple")
+    assert read_object(render(empty, 1, 64)[0], empty)["shape"] is None  # nothing drawn, nothing read

@@ -213,7 +213,8 @@ def _consistency(vae, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def _style_scene(rng: np.random.Generator, world: str = DEFAULT_WORLD):
-    scene = sample_scene(rng, world=world)
+    # the simple world's "add" starts from an empty background: the base draws those too ("a green background")
+    scene = sample_scene(rng, int(rng.random() >= 0.1), world) if world == "simple" else sample_scene(rng, world=world)
     if rng.random() < 0.2:
         scene.style = GLOBAL_STYLES[rng.integers(len(GLOBAL_STYLES))]
     return scene

@@ -334,13 +334,22 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def coverage(obj: Obj, t: int, size: int, world: str = DEFAULT_WORLD) -> np.ndarray:
+    """How much of each pixel `obj` covers at frame `t`: (size, size) in [0, 1], antialiased."""
+    xs, ys = _grid(size)
+    cx, cy = positions(obj, t)
+    return _downsample(_shape_mask(obj.shape, xs - cx, ys - cy, obj.size / 2, world).astype(float), size)
+
+
+def render_background(bg: Background, size: int = 64) -> np.ndarray:
+    """The background alone, float RGB (size, size, 3) in 0-255."""
+    return _background(bg, size)
+
+
 def _frame(scene: Scene, t: int, size: int, background: np.ndarray) -> np.ndarray:
     img = background.copy()
-    xs, ys = _grid(size)
     for obj in scene.objects:  # in list order: later objects cover earlier ones
-        cx, cy = positions(obj, t)
-        mask = _shape_mask(obj.shape, xs - cx, ys - cy, obj.size / 2, scene.world)
-        alpha = _downsample(mask.astype(float), size)[..., None]
+        alpha = coverage(obj, t, size, scene.world)[..., None]
         img = img * (1 - alpha) + alpha * np.array(PALETTE[obj.color], float)
     return _to_uint8(_apply_style(img, scene.style))
 

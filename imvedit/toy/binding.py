@@ -1,0 +1,98 @@
+"""Does the pretrained toy base draw what a caption names? Its binding on the simple world, measured.
+
+    python -m imvedit.toy.binding BASE_DIR [--samples 24] [--json]
+
+For captions the base never trained on, the base draws a clip from noise (text to video, no adapter), and each
+frame is read back: the object is every pixel far from the background the caption names (rendered exactly),
+its colour the palette colour nearest to its median pixel, its shape the template (rendered at the mask's
+centre, over a few sizes) with the best IoU. A sample binds a colour or a shape when most of its frames do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
+from .world import PALETTE, SIMPLE_SHAPES, Obj, Scene, caption, coverage, render_background, sample_scene
+
+OBJECT_DISTANCE = 60.0  # RGB distance (0-255) from the named background that makes a pixel the object's
+_SCALES = np.linspace(0.8, 1.25, 10)  # template sizes tried around the mask's own extent
+
+
+def read_object(frame: np.ndarray, scene: Scene) -> dict:
+    """The object of one uint8 frame (h, w, 3) drawn for `scene`'s caption: its colour, shape and IoU."""
+    size = frame.shape[0]
+    background = render_background(scene.background, size)
+    mask = np.linalg.norm(frame.astype(float) - background, axis=-1) > OBJECT_DISTANCE
+    if mask.sum() < 0.02 * mask.size:
+        return {"color": None, "shape": None, "iou": 0.0, "area": float(mask.mean())}
+    rgb = np.median(frame[mask].astype(float), axis=0)
+    color = min(PALETTE, key=lambda c: np.linalg.norm(rgb - np.array(PALETTE[c])))
+    ys, xs = np.nonzero(mask)
+    centre = ((xs.min() + xs.max() + 1) / 2 / size, (ys.min() + ys.max() + 1) / 2 / size)
+    extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / size
+    best = max(
+        (_iou(mask, _template(shape, centre, extent * s, size)), shape) for shape in SIMPLE_SHAPES for s in _SCALES
+    )
+    return {"color": color, "shape": best[1], "iou": round(float(best[0]), 3), "area": round(float(mask.mean()), 3)}
+
+
+def _template(shape: str, centre: tuple[float, float], extent: float, size: int) -> np.ndarray:
+    """`shape` drawn at `centre` with a bounding box `extent` across (canvas units), as a boolean mask."""
+    across = extent / 0.85 if shape == "square" else extent  # a square's side is 0.85 of the object's size
+    return coverage(Obj(shape, "white", *centre, 0.0, 0.0, across), 0, size, world="simple") > 0.5
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+@torch.no_grad()
+def binding_report(base, samples: int = 24, frames: int = 9, steps: int = 20, guidance: float = 3.0,
+                   seed: int = 0, exclude: set[str] | None = None) -> dict:  # fmt: skip
+    """Share of `samples` clips whose object has the named colour, the named shape, and both."""
+    pipe = ImVideoEditPipeline.from_base(base)
+    pipe.set_progress_bar_config(disable=True)
+    rng, rows = np.random.default_rng(seed + 555), []
+    size = base.default_area**0.5
+    blank = np.zeros((frames, int(size), int(size), 3), np.uint8)
+    while len(rows) < samples:
+        scene = sample_scene(rng, 1, world="simple")
+        text = caption(scene)
+        if exclude and text in exclude:
+            continue  # a caption the base trained on
+        out = pipe(blank, text, num_inference_steps=steps, guidance_scale=guidance,
+                   generator=torch.Generator().manual_seed(seed + len(rows))).frames  # fmt: skip
+        read = [read_object(np.rint(f * 255).astype(np.uint8), scene) for f in out]
+        (obj,) = scene.objects
+        color = np.mean([r["color"] == obj.color for r in read])
+        shape = np.mean([r["shape"] == obj.shape for r in read])
+        rows.append({"caption": text, "color": color, "shape": shape, "iou": float(np.mean([r["iou"] for r in read]))})
+    share = lambda key: round(float(np.mean([r[key] > 0.5 for r in rows])), 3)  # noqa: E731
+    both = round(float(np.mean([r["color"] > 0.5 and r["shape"] > 0.5 for r in rows])), 3)
+    return {"samples": samples, "color": share("color"), "shape": share("shape"), "both": both,
+            "mean_iou": round(float(np.mean([r["iou"] for r in rows])), 3), "rows": rows}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..models.bases import load_base
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base", help="a pretrained toy base folder (pretrain.py's output)")
+    parser.add_argument("--samples", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="the whole report, rows included")
+    args = parser.parse_args(argv)
+    report = binding_report(load_base(args.base, torch_dtype=torch.float32), args.samples, steps=args.steps)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print({k: v for k, v in report.items() if k != "rows"})
+
+
+if __name__ == "__main__":
+    main()
