@@ -237,7 +237,7 @@ def test_killing_an_edit_leaves_no_output(tmp_path, sig):
 
 
 def test_model_comes_from_flags_then_environment_then_config_file(tmp_path, monkeypatch):
-    from imvedit.edit import resolve_model
+    from imvedit.editing.edit import resolve_model
     from imvedit.errors import UsageError
 
     config = tmp_path / "config.yaml"

@@ -121,7 +121,7 @@ def test_imvedit_edit_runs_both_experts_adapters_from_a_trained_pair(tmp_path, a
     import subprocess
     import sys
 
-    from imvedit.edit import EditConfig, Editor, memory_options
+    from imvedit.editing.edit import EditConfig, Editor, memory_options
 
     def imvedit(*args):
         r = subprocess.run([sys.executable, "-m", "imvedit", *map(str, args)], capture_output=True, text=True)

@@ -33,12 +33,12 @@ LAYERS = {
     "imvedit.training.plan": 4,
     # 5 the library of the commands that stand alone: prepare (with its cache), edit, the ComfyUI nodes
     "imvedit.data": 5,
-    "imvedit.edit": 5,
+    "imvedit.editing": 5,
     "imvedit.comfyui": 5,
     # 6 commands built on those: train reads prepared data, batch runs edits, export writes the ComfyUI shim,
     # the dry run plans an edit
     "imvedit.training": 6,
-    "imvedit.batch": 6,
+    "imvedit.editing.batch": 6,
     "imvedit.export": 6,
     "imvedit.memory.dry_run": 6,
     # 7 evaluation prepares, trains and edits to score; the toy pretraining scores itself with the bench

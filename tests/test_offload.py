@@ -11,7 +11,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from typer.testing import CliRunner
 
-from imvedit.edit import load_loras, place_models
+from imvedit.editing.edit import load_loras, place_models
 from imvedit.errors import UsageError
 from imvedit.models.bases import build_tiny_random
 from imvedit.models.imvedit import ImVideoEditAdapter
@@ -135,7 +135,7 @@ def test_model_offload_holds_one_model_at_a_time(experts, steps, order):
 
 
 def test_the_cli_edits_with_model_offload_one_model_at_a_time(monkeypatch, clip, tmp_path):
-    import imvedit.edit
+    import imvedit.editing.edit
     from imvedit.cli.main import app
 
     watched = []
@@ -144,7 +144,7 @@ def test_the_cli_edits_with_model_offload_one_model_at_a_time(monkeypatch, clip,
         place_models(pipe, offload, device)
         watched.append(watch_model_offload(pipe))  # the hooks of this edit: the pipeline re-hooks after it
 
-    monkeypatch.setattr(imvedit.edit, "place_models", place_and_watch)
+    monkeypatch.setattr(imvedit.editing.edit, "place_models", place_and_watch)
     args = [str(clip), "make it red", "-o", str(tmp_path / "out.mp4"), "--model", "tiny-random", "--steps", "2"]
     r = CliRunner().invoke(app, ["edit", *args, "--device", "cpu", "--offload", "model"])
     assert r.exit_code == 0, r.output
@@ -195,7 +195,7 @@ def test_a_standard_wan_lora_changes_the_base_and_the_adapter_still_applies(tmp_
 
 
 def test_bad_lora_specs_are_refused(tmp_path):
-    from imvedit.edit import lora_spec
+    from imvedit.editing.edit import lora_spec
 
     with pytest.raises(UsageError, match="does not exist"):
         lora_spec(str(tmp_path / "missing.safetensors"))
@@ -239,7 +239,7 @@ def test_the_cli_passes_the_memory_options_and_reports_them(tmp_path, clip):
 
 def test_an_edit_on_auto_takes_the_plans_choice_for_its_input(tmp_path):
     """`imvedit edit` with the memory options at auto asks the plan, for the input's real size and length."""
-    from imvedit.edit import EditConfig, memory_options
+    from imvedit.editing.edit import EditConfig, memory_options
     from imvedit.video.io import VideoWriter
 
     clip = tmp_path / "in.mp4"

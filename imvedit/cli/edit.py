@@ -113,9 +113,9 @@ def edit(
     ),
 ) -> None:
     """Edit videos or images with a text prompt: one file, several (-o FOLDER), or a --jobs file."""
-    from ..batch import jobs_for_inputs, read_jobs, run_jobs, shard
-    from ..edit import EditConfig, resolve_model
-    from ..edit import edit as run_edit
+    from ..editing.batch import jobs_for_inputs, read_jobs, run_jobs, shard
+    from ..editing.edit import EditConfig, resolve_model
+    from ..editing.edit import edit as run_edit
     from ..errors import UsageError
 
     if dry_run:

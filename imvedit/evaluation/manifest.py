@@ -79,8 +79,8 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
-    from ..batch import run_jobs
-    from ..edit import EditConfig
+    from ..editing.batch import run_jobs
+    from ..editing.edit import EditConfig
     from .report import write_report
 
     config.validate()

@@ -48,14 +48,14 @@ def parse_size(size: str) -> tuple[int, int]:
 
 def _default_size(area: int, multiple: int) -> tuple[int, int]:
     """The base's working area at Wan's landscape 832:480, sides multiples of the base's stride."""
-    from ..edit import working_size
+    from ..editing.edit import working_size
 
     return working_size(832, 480, area, multiple)
 
 
 def edit_dry_run(req: DryRunRequest) -> dict:
     """The plan (and with `measure`, the meta-device measurement) of the edit the flags describe."""
-    from ..edit import resolve_model
+    from ..editing.edit import resolve_model
 
     model, adapter, _ = resolve_model(req.model, req.adapter)
     if model is None:  # the adapter names its base

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from imvedit.edit import place_models
+from imvedit.editing.edit import place_models
 from imvedit.memory.edit_plan import SDA_CHUNKS
 from imvedit.models.imvedit import ImVideoEditAdapter
 from imvedit.models.loading import load_model

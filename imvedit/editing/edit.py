@@ -24,20 +24,14 @@ import torch
 import yaml
 from PIL import Image
 
-from .errors import UsageError
-from .fsutil import check_output_path
-from .memory.edit_plan import SDA_CHUNKS
-from .models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
-from .models.dtypes import DTYPES
-from .models.loading import (  # the loader moved; its names stay importable from here
-    ADAPTER_FILE,  # noqa: F401
-    EDIT_ARCHS,
-    EXPORTED_ADAPTER,  # noqa: F401
-    load_model,
-    resolve_adapter_path,
-)
-from .pipeline.pipeline_imvedit import ImVideoEditPipeline
-from .video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
+from ..errors import UsageError
+from ..fsutil import check_output_path
+from ..memory.edit_plan import SDA_CHUNKS
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
+from ..models.dtypes import DTYPES
+from ..models.loading import EDIT_ARCHS, load_model, resolve_adapter_path
+from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
+from ..video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
 
 OFFLOADS = ("auto", "none", "model", "group")
 SOURCE_CACHES = ("auto", "device", "cpu", "recompute")
@@ -331,9 +325,9 @@ def memory_options(config: EditConfig, gpu_memory_gib: float | None = None) -> d
 
 def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | None) -> dict:
     """The memory plan's choice for `config.input` at its working size and length, from the configs alone."""
-    from .memory.edit_plan import EditShape, choose, default_gpu_memory_gib
-    from .memory.spec import read_base_spec
-    from .models.adapter_file import read_adapter_metadata
+    from ..memory.edit_plan import EditShape, choose, default_gpu_memory_gib
+    from ..memory.spec import read_base_spec
+    from ..models.adapter_file import read_adapter_metadata
 
     model, adapter, _ = resolve_model(config.model, config.adapter)
     if model is None:  # the adapter names its base

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ImveditError, UsageError
 from .edit import EditConfig, Editor, edit
-from .errors import ImveditError, UsageError
 
 JOB_FIELDS = {f.name for f in dataclasses.fields(EditConfig)}
 PATH_FIELDS = ("input", "output", "save_mask")
