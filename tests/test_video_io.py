@@ -79,3 +79,32 @@ def test_relative_names_that_look_like_options_or_protocols(tmp_path, monkeypatc
     assert frames.shape == (9, 48, 64, 3) and info.has_audio
     out = write_video("-o.mp4", frames, info.fps, audio_from="concat:-y.mp4")  # a file, not an option
     assert out.exists() and read_video(out)[0].shape == frames.shape
+
+
+def test_an_image_is_a_one_frame_clip_behind_the_same_reader_and_writer(clip, tmp_path):
+    """edit() reads and writes through probe_clip / iter_clip / clip_writer and never asks which it has."""
+    from imvedit.video.io import clip_writer, iter_clip, probe_clip
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image = write_image(tmp_path / "in.png", picture)
+    info = probe_clip(image)
+    assert (info.width, info.height, info.still, info.has_audio, info.frame_count_estimate) == (40, 30, True, False, 1)
+    frames = list(iter_clip(image, info, (40, 30), start=1.0, max_frames=5))
+    assert len(frames) == 1 and np.array_equal(frames[0], picture)  # same size: the pixels as read
+    assert list(iter_clip(image, info, (20, 16)))[0].shape == (16, 20, 3)
+    video = probe_clip(clip)
+    assert not video.still and len(list(iter_clip(clip, video, (32, 24), max_frames=4))) == 4
+
+    with clip_writer(tmp_path / "out.png", info.fps, (40, 30)) as writer:
+        writer.write(picture)
+        writer.write(255 - picture)  # a still keeps the first frame
+    assert np.array_equal(read_image(tmp_path / "out.png")[0], picture)
+    with pytest.raises(RuntimeError), clip_writer(tmp_path / "never.png", info.fps, (40, 30)) as writer:
+        writer.write(picture)
+        raise RuntimeError("the edit failed")
+    assert not (tmp_path / "never.png").exists()  # nothing partial
+    with clip_writer(tmp_path / "out.mp4", Fraction(8), (40, 30)) as writer:
+        for _ in range(3):
+            writer.write(picture)
+    assert read_video(tmp_path / "out.mp4")[0].shape == (3, 30, 40, 3)

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from ..errors import UsageError
 from ..fsutil import check_output_path
@@ -31,7 +30,7 @@ from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_availabl
 from ..models.dtypes import DTYPES
 from ..models.loading import EDIT_ARCHS, load_model, resolve_adapter_path
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
-from ..video.io import VideoWriter, is_image, iter_frames, probe, read_image, write_image
+from ..video.io import VideoInfo, clip_writer, is_image, iter_clip, probe_clip, resize_frame
 
 OFFLOADS = ("auto", "none", "model", "group")
 SOURCE_CACHES = ("auto", "device", "cpu", "recompute")
@@ -201,12 +200,6 @@ def _area(config: EditConfig, width: int, height: int, base: Base) -> int:
     return config.max_area or base.default_area
 
 
-def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if frame.shape[1] == size[0] and frame.shape[0] == size[1]:
-        return frame
-    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
-
-
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return (frames * 255).round().clip(0, 255).astype(np.uint8)
 
@@ -335,13 +328,9 @@ def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | No
     spec = read_base_spec(model, adapter)
     t, vae = spec.config("transformer"), spec.config("vae")
     multiple = vae.get("scale_factor_spatial", 8) * t.get("patch_size", (1, 2, 2))[1]
-    if is_image(config.input):
-        with Image.open(config.input) as im:
-            (width, height), frames = im.size, 1
-    else:
-        info = probe(config.input)
-        width, height, frames = info.width, info.height, info.frame_count_estimate or spec.window_frames
-        frames = min(frames, config.max_frames or frames)
+    info = probe_clip(config.input)
+    width, height, frames = info.width, info.height, info.frame_count_estimate or spec.window_frames
+    frames = min(frames, config.max_frames or frames)
     area = config.max_area or spec.default_area
     if config.resolution is not None:
         area = round(width * height * (config.resolution / min(width, height)) ** 2)
@@ -372,37 +361,72 @@ def _set_attention_backend(transformer, backend: str | None) -> None:
 
 
 def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | None = None) -> dict:
-    """Edit `config.input` into `config.output`. Returns what was done (sizes, frames, seconds)."""
+    """Edit `config.input` into `config.output`. Returns what was done (sizes, frames, seconds).
+
+    An image is a one-frame clip here (video/io reads and writes both), so there is one path for both."""
     config.validate()
     start_time = time.time()
     progress = progress or (lambda *a, **k: None)
     options = memory_options(config)
     pipe, base, adapter_path = (editor or Editor()).pipeline(config, options["offload"])
-    image = is_image(config.input)
-
-    if image:
-        full = read_image(config.input)
-        height, width = full.shape[1:3]
-        work = working_size(width, height, _area(config, width, height, base), pipe.size_multiple)
-        frames, info, decoded, k = _resize(full[0], work)[None], None, 1, 1
-    else:
-        info = probe(config.input)
-        width, height = info.width, info.height
-        work = working_size(width, height, _area(config, width, height, base), pipe.size_multiple)
-        frames = []
-        for frame in iter_frames(config.input, info, work, config.start, config.end, config.max_frames):
-            frames.append(frame)
-            progress(len(frames), info.frame_count_estimate or len(frames), info="decode")
-        frames, decoded = np.stack(frames), len(frames)
-        # --model-fps: the model sees every k-th frame; each output frame repeats the latest edited one.
-        k = max(1, round(float(info.fps) / config.model_fps)) if config.model_fps else 1
-        frames = frames[::k]
-
+    info = probe_clip(config.input)
+    width, height = info.width, info.height
+    work = working_size(width, height, _area(config, width, height, base), pipe.size_multiple)
+    frames = _decode(config, info, work, progress)
+    # --model-fps: the model sees every k-th frame; each output frame repeats the latest edited one.
+    k = max(1, round(float(info.fps) / config.model_fps)) if config.model_fps and not info.still else 1
+    decoded, frames = len(frames), frames[::k]
     tiling = config.vae_tiling if config.vae_tiling is not None else work[0] * work[1] > TILING_AREA
     if tiling:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
+    result, n_windows = _run_pipeline(pipe, base, config, options, frames, progress)
+    edited = _to_uint8(result.frames)
+    out = {"fps": info.fps, "size": (width, height), "crf": config.crf}
+    with clip_writer(config.output, **out, codec=config.codec, **_audio(config, info)) as writer:
+        for i in range(decoded):  # the output has every decoded frame, at the input's rate
+            writer.write(resize_frame(edited[min(i // k, len(edited) - 1)], (width, height)))
+            progress(i + 1, decoded, info="encode")
+    if config.save_mask is not None and result.gate is not None:
+        gate = _to_uint8(np.repeat(result.gate[..., None], 3, axis=-1))
+        with clip_writer(config.save_mask, **out) as writer:
+            for i in range(decoded):
+                writer.write(resize_frame(gate[min(i // k, len(gate) - 1)], (width, height)))
+    return {
+        "input": str(config.input),
+        "output": str(config.output),
+        "frames": int(decoded),
+        "model_frames": int(len(frames)),
+        "windows": n_windows,
+        "size": [int(width), int(height)],
+        "working_size": list(work),
+        "fps": None if info.still else str(info.fps),
+        "model": base.name,
+        "adapter": str(resolve_adapter_path(adapter_path)) if adapter_path else None,
+        "memory": {**options, "vae_tiling": tiling},
+        "seconds": round(time.time() - start_time, 3),
+    }
+
+
+def _decode(config: EditConfig, info: VideoInfo, work: tuple[int, int], progress: Progress) -> np.ndarray:
+    """The input's frames at the working size (the trimmed part, at most --max-frames)."""
+    frames = []
+    for frame in iter_clip(config.input, info, work, config.start, config.end, config.max_frames):
+        frames.append(frame)
+        progress(len(frames), info.frame_count_estimate or len(frames), info="decode")
+    return np.stack(frames)
+
+
+def _audio(config: EditConfig, info: VideoInfo) -> dict:
+    """The output's audio: the input's, over the trimmed span (none for an image or a silent video)."""
+    if not info.has_audio:
+        return {}
+    return {"audio_from": config.input, "audio_start": config.start, "audio_end": config.end}
+
+
+def _run_pipeline(pipe, base: Base, config: EditConfig, options: dict, frames: np.ndarray, progress: Progress):
+    """The denoising run with the config's (or the base's default) settings; returns it and its window count."""
     steps = config.steps or base.default_steps
     guidance = config.guidance if config.guidance is not None else base.default_guidance
     window, overlap = config.window or base.window_frames, config.overlap or base.window_overlap
@@ -429,42 +453,4 @@ def edit(config: EditConfig, progress: Progress | None = None, editor: Editor | 
         sda_chunks=SDA_CHUNKS if options["sda_chunking"] == "on" else 1,
         callback_on_step_end=on_step,
     )
-    edited = _to_uint8(result.frames)
-    n_out = decoded  # the output has every decoded frame, at the input's rate
-
-    def source_of(i: int) -> int:
-        return min(i // k, len(edited) - 1)
-
-    if image:
-        write_image(config.output, _resize(edited[0], (width, height)))
-    else:
-        with VideoWriter(
-            config.output, info.fps, (width, height),
-            audio_from=config.input if info.has_audio else None, audio_start=config.start, audio_end=config.end,
-            crf=config.crf, codec=config.codec,
-        ) as writer:  # fmt: skip
-            for i in range(n_out):
-                writer.write(_resize(edited[source_of(i)], (width, height)))
-                progress(i + 1, n_out, info="encode")
-    if config.save_mask is not None and result.gate is not None:
-        gate = _to_uint8(np.repeat(result.gate[..., None], 3, axis=-1))
-        if is_image(config.save_mask):
-            write_image(config.save_mask, _resize(gate[0], (width, height)))
-        else:
-            with VideoWriter(config.save_mask, info.fps if info else 1, (width, height), crf=config.crf) as writer:
-                for i in range(n_out):
-                    writer.write(_resize(gate[source_of(i)], (width, height)))
-    return {
-        "input": str(config.input),
-        "output": str(config.output),
-        "frames": int(n_out),
-        "model_frames": int(len(frames)),
-        "windows": n_windows,
-        "size": [int(width), int(height)],
-        "working_size": list(work),
-        "fps": str(info.fps) if info else None,
-        "model": base.name,
-        "adapter": str(resolve_adapter_path(adapter_path)) if adapter_path else None,
-        "memory": {**options, "vae_tiling": tiling},
-        "seconds": round(time.time() - start_time, 3),
-    }
+    return result, n_windows

@@ -60,9 +60,12 @@ class VideoInfo:
     audio_streams: int = 0
     audio_codec: str | None = None  # of the first audio stream, e.g. "aac"
     variable_frame_rate: bool = False  # the container's nominal and average rates differ
+    still: bool = False  # an image, read as a one-frame clip (`probe_clip`)
 
     @property
     def frame_count_estimate(self) -> int | None:
+        if self.still:
+            return 1
         return None if self.duration is None else int(round(self.duration * self.fps))
 
 
@@ -357,3 +360,63 @@ def write_image(path: str | Path, frame: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(frame).save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
+
+
+# ---------------------------------------------------------------- one interface for videos and images
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 (h, w, 3) frame at `size` (w, h), bicubic; the frame itself when it already has that size."""
+    if frame.shape[1] == size[0] and frame.shape[0] == size[1]:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
+
+
+def probe_clip(path: str | Path) -> VideoInfo:
+    """`probe` for a video; for an image, its size as a one-frame clip (`still`, no audio, 1 fps)."""
+    if not is_image(path):
+        return probe(path)
+    height, width = read_image(path).shape[1:3]
+    return VideoInfo(width, height, Fraction(1), has_audio=False, duration=None, still=True)
+
+
+def iter_clip(
+    path: str | Path,
+    info: VideoInfo,
+    size: tuple[int, int],
+    start: float | None = None,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> Iterator[np.ndarray]:
+    """The frames of a video (`iter_frames`) or the one frame of an image, at `size` (w, h). An image is
+    scaled whole in memory (it is one frame), a video by ffmpeg while it decodes."""
+    if info.still:
+        yield resize_frame(read_image(path)[0], size)
+        return
+    yield from iter_frames(path, info, size, start, end, max_frames)
+
+
+class _StillWriter:
+    """`VideoWriter`'s interface for an image file: a still of a clip is its first frame."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.frames, self._first = Path(path), 0, None
+
+    def __enter__(self) -> _StillWriter:
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._first is None:
+            self._first = frame
+        self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None and self._first is not None:
+            write_image(self.path, self._first)  # atomically, like every output
+        return False
+
+
+def clip_writer(path: str | Path, fps: Fraction, size: tuple[int, int], **video_options) -> VideoWriter | _StillWriter:
+    """A writer for `path`: a video file gets `VideoWriter(path, fps, size, **video_options)`, an image file
+    the first frame written."""
+    return _StillWriter(path) if is_image(path) else VideoWriter(path, fps, size, **video_options)
