@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from .. import jsonutil
 from ._common import emit, err_console, progress_bar, run
+from ._options import JsonOutput, Overwrite, adapter_option, model_option
 
 
 def edit(
@@ -19,13 +21,13 @@ def edit(
     jobs: Path | None = typer.Option(
         None, "--jobs", help="A YAML or JSONL file of jobs (input, prompt, output, options) instead of INPUT PROMPT."
     ),
-    model: str | None = typer.Option(
-        None, "--model", help="The base. [default: $IMVEDIT_MODEL, the config file, else the bundled toy model]"
-    ),
-    adapter: str | None = typer.Option(None, "--adapter", help="An adapter .safetensors or a run folder."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps. [default: the base's; 30 for Wan]"),
+    model: Annotated[str | None, model_option("$IMVEDIT_MODEL, the config file, else the bundled toy model")] = None,
+    adapter: Annotated[
+        str | None, adapter_option("$IMVEDIT_ADAPTER, the config file, or the one --model carries")
+    ] = None,
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps. (default: the base's; 30 for Wan)"),
     guidance: float | None = typer.Option(
-        None, "--guidance", help="Text guidance scale, 1 = off. [default: the base's; 5 for Wan]"
+        None, "--guidance", help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan)"
     ),
     source_guidance: float = typer.Option(1.0, "--source-guidance", help="Source guidance scale (1 = off)."),
     strength: float = typer.Option(1.0, "--strength", help="Below 1, start from the noised source."),
@@ -37,9 +39,9 @@ def edit(
         None, "--resolution", help="Working size by its shorter side, e.g. 480 for 480p (instead of --max-area)."
     ),
     window: int | None = typer.Option(
-        None, "--window", help="Frames the model sees at once, 4k+1. [default: the base's; 81 for Wan]"
+        None, "--window", help="Frames the model sees at once, 4k+1. (default: the base's; 81 for Wan)"
     ),
-    overlap: int | None = typer.Option(None, "--overlap", help="Frames shared by consecutive windows. [default: 16]"),
+    overlap: int | None = typer.Option(None, "--overlap", help="Frames shared by consecutive windows. (default: 16)"),
     max_frames: int | None = typer.Option(None, "--max-frames", help="Edit at most this many frames."),
     start: float | None = typer.Option(None, "--start", help="Seconds: edit from here."),
     end: float | None = typer.Option(None, "--end", help="Seconds: edit up to here."),
@@ -48,8 +50,8 @@ def edit(
     ),
     codec: str = typer.Option("libx264", "--codec", help="ffmpeg video encoder, e.g. libx264, libx265."),
     crf: int = typer.Option(18, "--crf", help="Quality for x264/x265 (lower is better)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="bf16, fp16 or fp32. [default: bf16 on GPU, fp32 on CPU]"),
-    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ... [default: first GPU, else CPU]"),
+    dtype: str | None = typer.Option(None, "--dtype", help="bf16, fp16 or fp32. (default: bf16 on GPU, fp32 on CPU)"),
+    device: str | None = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ... (default: first GPU, else CPU)"),
     offload: str = typer.Option(
         "auto",
         "--offload",
@@ -69,7 +71,7 @@ def edit(
         None, "--base-dtype", help="fp8: store the frozen base in fp8 (layerwise casting), compute in --dtype."
     ),
     vae_tiling: bool | None = typer.Option(
-        None, "--vae-tiling/--no-vae-tiling", help="Encode/decode in tiles. [default: on above 480p]"
+        None, "--vae-tiling/--no-vae-tiling", help="Encode/decode in tiles. (default: on above 480p)"
     ),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer's repeated blocks."),
     lora: list[str] = typer.Option(
@@ -84,10 +86,8 @@ def edit(
         help="sdedit: no adapter, noise the source and denoise (needs --strength < 1); per-frame: run an imvedit adapter frame by frame.",
     ),
     save_mask: Path | None = typer.Option(None, "--save-mask", help="Also write the gate map (implicit edit mask)."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace existing outputs (batches skip them otherwise)."
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per job."),
+    overwrite: Overwrite = False,
+    json_out: JsonOutput = False,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or notes."),
     # --dry-run: the device-memory plan of the edit; no input, no weights, nothing written
     dry_run: bool = typer.Option(
@@ -96,15 +96,15 @@ def edit(
         help="Print the edit's device-memory plan (per component, auto's choice and what fits); edit nothing.",
     ),
     size: str | None = typer.Option(
-        None, "--size", help="With --dry-run: the working size WxH. [default: the base's area at 832:480]"
+        None, "--size", help="With --dry-run: the working size WxH. (default: the base's area at 832:480)"
     ),
     frames: int | None = typer.Option(
-        None, "--frames", help="With --dry-run: frames of the clip. [default: one window]"
+        None, "--frames", help="With --dry-run: frames of the clip. (default: one window)"
     ),
     gpu_memory: float | None = typer.Option(
         None,
         "--gpu-memory",
-        help="With --dry-run: GiB of device memory to fit. [default: the GPU's free memory, else 24]",
+        help="With --dry-run: GiB of device memory to fit. (default: the GPU's free memory, else 24)",
     ),
     measure: bool = typer.Option(
         False,
@@ -113,58 +113,30 @@ def edit(
     ),
 ) -> None:
     """Edit videos or images with a text prompt: one file, several (-o FOLDER), or a --jobs file."""
-    from ..editing.batch import jobs_for_inputs, read_jobs, run_jobs, shard
-    from ..editing.edit import EditConfig, resolve_model
     from ..editing.edit import edit as run_edit
-    from ..errors import UsageError
+    from ..editing.edit import resolve_model
 
     if dry_run:
-        from ..memory.dry_run import DryRunRequest, edit_dry_run
+        from ..memory.dry_run import DryRunRequest
 
         req = DryRunRequest(
             model, adapter, size, frames, gpu_memory, window, overlap, guidance, source_guidance, source_cache,
             cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure, sda_chunking,
         )  # fmt: skip
-        result = run(lambda: edit_dry_run(req))
-        if json_out:
-            sys.stdout.write(jsonutil.dumps(result) + "\n")
-        else:
-            print_memory_plan(result)
+        _dry_run(req, json_out)
         return
 
     options = dict(
         model=model, adapter=adapter, steps=steps, guidance=guidance, source_guidance=source_guidance,
-        strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area, resolution=resolution,
-        window=window, overlap=overlap, max_frames=max_frames, start=start, end=end, model_fps=model_fps,
-        codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
-        offload=offload, source_cache=source_cache, cfg_batch=cfg_batch, base_dtype=base_dtype, compile=compile_,
-        sda_chunking=sda_chunking,
-        lora=list(lora),
-        attention_backend=attention_backend, overwrite=overwrite, arch=arch,
+        strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area,
+        resolution=resolution, window=window, overlap=overlap, max_frames=max_frames, start=start, end=end,
+        model_fps=model_fps, codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload,
+        vae_tiling=vae_tiling, offload=offload, source_cache=source_cache, cfg_batch=cfg_batch, base_dtype=base_dtype,
+        compile=compile_, sda_chunking=sda_chunking, lora=list(lora), attention_backend=attention_backend,
+        overwrite=overwrite, arch=arch,
     )  # fmt: skip
-    args = args or []
-
-    def plan():
-        if jobs is not None:
-            if args:
-                raise UsageError("Give either --jobs or INPUT PROMPT, not both.")
-            return read_jobs(jobs, options), True
-        if len(args) < 2:
-            raise UsageError("Missing INPUT or PROMPT.", 'Usage: imvedit edit in.mp4 "make it winter" -o out.mp4')
-        if output is None:
-            raise UsageError("Missing -o/--output.", "Say where to write the result, e.g. -o out.mp4.")
-        inputs, prompt = [Path(a) for a in args[:-1]], args[-1]
-        if len(inputs) == 1 and not (output.is_dir() or str(output).endswith(("/", "\\"))):
-            return [EditConfig(inputs[0], prompt, output, save_mask=save_mask, **options)], False
-        if save_mask is not None:
-            raise UsageError("--save-mask takes one input.", "Use a --jobs file with save_mask per job.")
-        if output.parent.exists():
-            output.mkdir(exist_ok=True)
-        return jobs_for_inputs(inputs, prompt, output, options), True
-
-    configs, batch = run(plan)
-    notes = not (quiet or json_out)
-    if notes:
+    configs, batch = run(lambda: _plan(args or [], output, jobs, save_mask, options))
+    if not (quiet or json_out):
         _, _, origin = run(lambda: resolve_model(configs[0].model, configs[0].adapter))
         if origin == "bundle":
             err_console.print(
@@ -176,6 +148,47 @@ def edit(
             result = run(lambda: run_edit(configs[0], progress=bar))
         emit(result, json_out, f"Wrote {result['output']} ({result['frames']} frames, {result['seconds']:.1f} s).")
         return
+    _run_batch(configs, json_out, quiet)
+
+
+def _dry_run(req, json_out: bool) -> None:
+    """--dry-run: the edit's device-memory plan, printed; no input read, no weights loaded, nothing written."""
+    from ..memory.dry_run import edit_dry_run
+
+    result = run(lambda: edit_dry_run(req))
+    if json_out:
+        sys.stdout.write(jsonutil.dumps(result) + "\n")
+    else:
+        print_memory_plan(result)
+
+
+def _plan(args: list[str], output: Path | None, jobs: Path | None, save_mask: Path | None, options: dict):
+    """(the jobs' configs, whether they are a batch) from INPUT... PROMPT -o, or a --jobs file."""
+    from ..editing.batch import jobs_for_inputs, read_jobs
+    from ..editing.edit import EditConfig
+    from ..errors import UsageError
+
+    if jobs is not None:
+        if args:
+            raise UsageError("Give either --jobs or INPUT PROMPT, not both.")
+        return read_jobs(jobs, options), True
+    if len(args) < 2:
+        raise UsageError("Missing INPUT or PROMPT.", 'Usage: imvedit edit in.mp4 "make it winter" -o out.mp4')
+    if output is None:
+        raise UsageError("Missing -o/--output.", "Say where to write the result, e.g. -o out.mp4.")
+    inputs, prompt = [Path(a) for a in args[:-1]], args[-1]
+    if len(inputs) == 1 and not (output.is_dir() or str(output).endswith(("/", "\\"))):
+        return [EditConfig(inputs[0], prompt, output, save_mask=save_mask, **options)], False
+    if save_mask is not None:
+        raise UsageError("--save-mask takes one input.", "Use a --jobs file with save_mask per job.")
+    if output.parent.exists():
+        output.mkdir(exist_ok=True)
+    return jobs_for_inputs(inputs, prompt, output, options), True
+
+
+def _run_batch(configs: list, json_out: bool, quiet: bool) -> None:
+    """This process's share of the jobs (`shard`), one line (or JSON object) per job as it ends."""
+    from ..editing.batch import run_jobs, shard
 
     mine = shard(configs)
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
 from ._common import emit, err_console, fail, progress_bar, run
+from ._options import JsonOutput, adapter_option, model_option
 
 
 def eval_(
@@ -46,22 +48,18 @@ def eval_(
     work: Path | None = typer.Option(
         None,
         "--work",
-        help="--suite: folder for its pairs and training runs (kept for resuming). [default: REPORT/.suite-work]",
+        help="--suite: folder for its pairs and training runs (kept for resuming). (default: REPORT/.suite-work)",
     ),
     train_steps: int | None = typer.Option(
-        None, "--train-steps", help="--suite: training steps per variant. [default: 600]"
+        None, "--train-steps", help="--suite: training steps per variant. (default: 600)"
     ),
     only: str | None = typer.Option(None, "--only", help="--suite: comma-separated variants to run (default: all)."),
     bench: str | None = typer.Option(
         None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
     ),
-    model: str | None = typer.Option(
-        None, "--model", help="Base for --bench/--manifest edits (default: the bundled shapes-wan)."
-    ),
-    adapter: str | None = typer.Option(
-        None, "--adapter", help="Adapter for --bench/--manifest edits (default: the bundled one)."
-    ),
-    clips: int | None = typer.Option(None, "--clips", help="--bench/--suite: held-out clips to edit. [default: 16]"),
+    model: Annotated[str | None, model_option("--bench/--manifest/--suite edits: the bundled shapes-wan")] = None,
+    adapter: Annotated[str | None, adapter_option("--bench/--manifest edits: the bundled one")] = None,
+    clips: int | None = typer.Option(None, "--clips", help="--bench/--suite: held-out clips to edit. (default: 16)"),
     seed: int = typer.Option(0, "--seed", help="--bench: which held-out clips."),
     frames: int = typer.Option(17, "--frames", help="--bench: frames per clip."),
     size: int = typer.Option(64, "--size", help="--bench: canvas size in pixels."),
@@ -71,7 +69,7 @@ def eval_(
     steps: int | None = typer.Option(
         None,
         "--steps",
-        help="--bench/--manifest: denoising steps. [default: 20 for --bench, the base's for --manifest]",
+        help="--bench/--manifest: denoising steps. (default: 20 for --bench, the base's for --manifest)",
     ),
     guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
     prompt: str = typer.Option(
@@ -83,7 +81,7 @@ def eval_(
         None, "--arch", help="--bench: sdedit (no adapter) or per-frame (an imvedit adapter frame by frame)."
     ),
     strength: float | None = typer.Option(
-        None, "--strength", help="--bench: below 1, start from the noised source. [default: 1; 0.7 with sdedit]"
+        None, "--strength", help="--bench: below 1, start from the noised source. (default: 1; 0.7 with sdedit)"
     ),
     world: str = typer.Option(
         "hard", "--world", help="--bench: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
@@ -91,7 +89,7 @@ def eval_(
     report: Path | None = typer.Option(
         None, "--report", help="Folder for metrics.json (and, with --bench, contact sheets)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    json_out: JsonOutput = False,
 ) -> None:
     """Score edits: an output against its source (--pred/--source), a benchmark (--bench toy) or a suite (--suite paper)."""
     if suite is not None:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from .. import jsonutil
 from ..errors import UsageError
 from ._common import emit, fail, run
+from ._options import JsonOutput, Overwrite, model_option
 
 
 def export(
@@ -21,9 +23,7 @@ def export(
         "adapter", "--format", "-f", help="adapter (file + model card), diffusers (pipeline) or comfyui (file + node)."
     ),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16."),
-    model: str | None = typer.Option(
-        None, "--model", help="diffusers: the base to package (default: the one the adapter was trained for)."
-    ),
+    model: Annotated[str | None, model_option("diffusers: the base to package, the adapter's own")] = None,
     link_base: bool = typer.Option(
         False, "--link-base", help="diffusers: link the base's component folders instead of copying them."
     ),
@@ -31,8 +31,8 @@ def export(
     inspect: bool = typer.Option(
         False, "--inspect", help="Print what SOURCE is (base, config, hash status); write nothing."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    overwrite: Overwrite = False,
+    json_out: JsonOutput = False,
 ) -> None:
     """Export a trained adapter for other tools: a verified .safetensors with a model card, a diffusers
     pipeline, or a ComfyUI adapter with its custom node."""

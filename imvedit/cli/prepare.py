@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ._common import emit, fail, progress_bar, run
+from ._options import JsonOutput, Overwrite, model_option
 
 
 def prepare(
@@ -19,14 +21,14 @@ def prepare(
     preset: str | None = typer.Option(
         None,
         "--preset",
-        help="Column layout of a known dataset: instructpix2pix, magicbrush, ultraedit, vifeedit. [default: detected]",
+        help="Column layout of a known dataset: instructpix2pix, magicbrush, ultraedit, vifeedit. (default: detected)",
     ),
     source_col: str | None = typer.Option(None, "--source-col", help="Column of the source image."),
     target_col: str | None = typer.Option(None, "--target-col", help="Column of the edited image."),
     instruction_col: str | None = typer.Option(None, "--instruction-col", help="Column of the instruction."),
     caption_col: str | None = typer.Option(None, "--caption-col", help="Column of the edited image's description."),
     cache: bool = typer.Option(False, "--cache", help="Also cache VAE latents and text embeddings (needs --model)."),
-    model: str | None = typer.Option(None, "--model", help="The base whose VAE and text encoder --cache uses."),
+    model: Annotated[str | None, model_option("--cache: none, it is needed")] = None,
     split: str = typer.Option("train", "--split", help="Hub datasets: the split to read."),
     revision: str | None = typer.Option(None, "--revision", help="Hub datasets: a branch, tag or commit to pin."),
     streaming: bool = typer.Option(
@@ -38,8 +40,8 @@ def prepare(
     world: str = typer.Option(
         "hard", "--world", help="toy: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    overwrite: Overwrite = False,
+    json_out: JsonOutput = False,
 ) -> None:
     """Turn an image-pair dataset into training input for `imvedit train`."""
     from ..data.pairs import PrepareConfig

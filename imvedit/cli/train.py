@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ._common import emit, progress_bar, run
+from ._options import JsonOutput, Overwrite, model_option
 
 
 def train(
@@ -14,17 +16,13 @@ def train(
     ),
     output: Path | None = typer.Option(None, "-o", "--output", help="The run folder to write (adapter, config, log)."),
     config: Path | None = typer.Option(None, "--config", help="A YAML file of training options; flags override it."),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="The frozen base: a diffusers Wan folder, a hub id, or a builtin (shapes-wan, tiny-random). [default: tiny-random]",
-    ),
-    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the pairs. [default: 5]"),
+    model: Annotated[str | None, model_option("tiny-random")] = None,
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the pairs. (default: 5)"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per step. [default: 1]"),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate. [default: 1e-4]"),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for init, data order and noise. [default: 0]"),
-    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="no, bf16 or fp16. [default: no]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Pairs per step. (default: 1)"),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate. (default: 1e-4)"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for init, data order and noise. (default: 0)"),
+    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="no, bf16 or fp16. (default: no)"),
     gradient_checkpointing: bool | None = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Save memory in the frozen base."
     ),
@@ -38,23 +36,23 @@ def train(
         None, "--validate-every", help="Every N steps, save a picture of a few fixed pairs edited (run/validation/)."
     ),
     optimizer: str | None = typer.Option(
-        None, "--optimizer", help="adamw, adamw-fused, or adamw8bit (bitsandbytes). [default: adamw]"
+        None, "--optimizer", help="adamw, adamw-fused, or adamw8bit (bitsandbytes). (default: adamw)"
     ),
     ema_decay: float | None = typer.Option(
         None, "--ema-decay", help="Also keep an EMA of the adapter weights (e.g. 0.999): run/adapter_ema.safetensors."
     ),
     gate_supervision: float | None = typer.Option(
-        None, "--gate-supervision", help="Weight of the loss that teaches the gate where the pairs change. [default: 0]"
+        None, "--gate-supervision", help="Weight of the loss that teaches the gate where the pairs change. (default: 0)"
     ),
     arch: str | None = typer.Option(
-        None, "--arch", help="What to train: imvedit, vifeedit, concat or per-frame (baselines). [default: imvedit]"
+        None, "--arch", help="What to train: imvedit, vifeedit, concat or per-frame (baselines). (default: imvedit)"
     ),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. [default: 0]"),
-    lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. [default: constant]"),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up. (default: 0)"),
+    lr_schedule: str | None = typer.Option(None, "--lr-schedule", help="constant or cosine. (default: constant)"),
     cache: str | None = typer.Option(
-        None, "--cache", help="auto: use the pairs folder's cache when made for this base; no: encode. [default: auto]"
+        None, "--cache", help="auto: use the pairs folder's cache when made for this base; no: encode. (default: auto)"
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    overwrite: Overwrite = False,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print parameter counts and a peak-memory estimate from the configs; train nothing."
     ),
@@ -62,14 +60,14 @@ def train(
         None, "--gpu-memory", help="With --dry-run: GB of device memory to fit; says which options would fit."
     ),
     max_area: int | None = typer.Option(
-        None, "--max-area", help="With --dry-run and no pairs folder: training pixels per pair. [default: 480x832]"
+        None, "--max-area", help="With --dry-run and no pairs folder: training pixels per pair. (default: 480x832)"
     ),
     expert: str | None = typer.Option(
         None,
         "--expert",
-        help="A base with two experts (Wan2.2-A14B): train the adapter of the high-noise expert, the low-noise one, or both. [default: both]",
+        help="A base with two experts (Wan2.2-A14B): train the adapter of the high-noise expert, the low-noise one, or both. (default: both)",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    json_out: JsonOutput = False,
 ) -> None:
     """Train an ImVideoEdit adapter on image pairs; the base stays frozen."""
     from ..training.train import TrainConfig

@@ -1,0 +1,31 @@
+"""Options several commands share, declared once, so a flag reads the same in every command's --help.
+
+Each is an `Annotated` type (`json_out: JsonOutput = False`); where only a command knows the default, a
+function builds the option around the shared wording (`model: Annotated[str | None, model_option("...")]`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print the result as strict JSON on stdout (a batch: one object per job).")
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output (a batch skips existing ones otherwise).")
+]
+
+
+def model_option(default: str):
+    """--model: which base, with the command's own default."""
+    return typer.Option(
+        "--model",
+        help=f"The base: a diffusers Wan folder, a hub id, or a builtin (shapes-wan, tiny-random). (default: {default})",
+    )
+
+
+def adapter_option(default: str):
+    """--adapter: which adapter, with the command's own default."""
+    return typer.Option("--adapter", help=f"An adapter .safetensors or a run folder. (default: {default})")
