@@ -154,7 +154,7 @@ def test_long_clip_is_edited_in_windows_without_a_seam():
     window = base.window_frames
     video = render(sample_scene(np.random.default_rng(5), n_objects=2), frames=3 * window, size=64)
 
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, None)
+    pipe = ImVideoEditPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
 
     def edited(overlap):

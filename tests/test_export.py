@@ -49,7 +49,7 @@ def reference_edit(adapter_path):
     base = build_tiny_random()
     adapter, _ = load_adapter(adapter_path, base.fingerprint)
     return edit_with(
-        ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
+        ImVideoEditPipeline.from_base(base, adapter)
     )
 
 
@@ -71,7 +71,7 @@ def test_adapter_export_round_trips_in_every_dtype(tmp_path, run_adapter, dtype)
 def with_run_adapter(pipe, adapter_path):
     """The same loaded base with the run's own adapter: any difference is the exported adapter's."""
     adapter, _ = load_adapter(adapter_path)
-    return ImVideoEditPipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.scheduler, pipe.transformer, adapter)
+    return ImVideoEditPipeline.from_base(pipe, adapter)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
@@ -170,7 +170,7 @@ def test_an_adapter_for_another_base_is_refused_everywhere(tmp_path, run_adapter
     assert r.returncode == 2 and "was trained for base" in r.stderr and not (tmp_path / "o.mp4").exists()
     adapter, _ = load_adapter(run_adapter)
     with pytest.raises(UsageError, match="was trained for base 'tiny-random'"):
-        ImVideoEditPipeline(other.tokenizer, other.text_encoder, other.vae, other.scheduler, other.transformer, adapter)
+        ImVideoEditPipeline.from_base(other, adapter)
 
 
 def test_cli_export_and_inspect(tmp_path, run_adapter):

@@ -12,7 +12,7 @@ from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
 def pipe(tiny_base):
     b = tiny_base
     adapter = randomize_adapter(ImVideoEditAdapter.for_base(b.transformer))
-    p = ImVideoEditPipeline(b.tokenizer, b.text_encoder, b.vae, b.scheduler, b.transformer, adapter)
+    p = ImVideoEditPipeline.from_base(b, adapter)
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -41,7 +41,7 @@ def test_same_seed_same_edit_and_options_change_it(pipe):
 
 def test_without_an_adapter_it_is_the_base(tiny_base):
     b = tiny_base
-    pipe = ImVideoEditPipeline(b.tokenizer, b.text_encoder, b.vae, b.scheduler, b.transformer, None)
+    pipe = ImVideoEditPipeline.from_base(b)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(video(5), "a red circle", num_inference_steps=2, strength=0.6)
     assert out.frames.shape == (5, 32, 48, 3) and out.gate is None

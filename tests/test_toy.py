@@ -89,7 +89,7 @@ def test_the_bundled_base_draws_what_it_is_told_and_keeps_it_steady():
     from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     base = load_base(SHAPES_WAN, torch_dtype=torch.float32)
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, None)
+    pipe = ImVideoEditPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
     blank = np.zeros((9, 64, 64, 3), np.uint8)
     means = {}

@@ -19,7 +19,6 @@ Clips are drawn from seeds disjoint from `imvedit prepare toy`'s, so the adapter
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import jsonutil
 from ..errors import UsageError
 from .images import contact_sheet
 from .metrics import psnr, temporal_error
@@ -133,35 +133,19 @@ def vae_round_trip(pipe, video: np.ndarray) -> np.ndarray:
 
 
 def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
-    from ..models.loading import load_model
-    from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
-    from ..toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
+    """Edit `config.clips` held-out clips of the shapes world and score them against their exact ground truth."""
+    from ..toy.world import EDIT_KINDS, sample_example
 
     config.validate()
     start = time.time()
-    # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
-    model = config.model or (None if config.adapter else SHAPES_WAN)
-    adapter = config.adapter or (str(SHAPES_WAN_ADAPTER) if model == SHAPES_WAN else None)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, loaded = load_model(model, adapter, device, torch.float32, config.arch)
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, loaded)
-    pipe.set_progress_bar_config(disable=True)
+    pipe, model, adapter = _bench_pipeline(config)
     kinds = tuple(config.edits) or EDIT_KINDS
-    if config.size % pipe.size_multiple:
-        raise UsageError(f"--size must be a multiple of {pipe.size_multiple} for this base.")
-
-    per_clip, sheets_done, edit_seconds = [], set(), 0.0
     if config.report is not None:
         Path(config.report).mkdir(parents=True, exist_ok=True)
+    per_clip, sheets_done, edit_seconds = [], set(), 0.0
     for i in range(config.clips):
-        ex = sample_example(
-            BENCH_SEED_OFFSET + config.seed * 100_003 + i,
-            frames=config.frames,
-            size=config.size,
-            kinds=kinds,
-            world=config.world,
-        )
+        seed = BENCH_SEED_OFFSET + config.seed * 100_003 + i
+        ex = sample_example(seed, frames=config.frames, size=config.size, kinds=kinds, world=config.world)
         prompt = ex.target_caption if config.prompt == "description" else ex.instruction
         t0 = time.perf_counter()
         out = pipe(
@@ -170,41 +154,77 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
             strength=config.resolved_strength,
         )  # fmt: skip
         edit_seconds += time.perf_counter() - t0
-        pred = out.frames
-        target = ex.target.astype(np.float64) / 255.0
-        ceiling = vae_round_trip(pipe, ex.target)
-        local = ex.kind in LOCAL_KINDS
-        row = {
-            "kind": ex.kind,
-            "instruction": ex.instruction,
-            "edit_psnr": psnr(pred, target),
-            "edit_region_psnr": psnr(pred, target, ex.mask) if ex.mask.any() else None,
-            "preserve_psnr": psnr(pred, target, ~ex.mask) if local and (~ex.mask).any() else None,
-            "temporal_error": temporal_error(pred, target),
-            "gate_iou": gate_iou(out.gate, ex.mask) if local and out.gate is not None else None,
-            "gate_iou_ceiling": gate_iou_ceiling(ex.mask, pipe.size_multiple) if local else None,
-            "edit_psnr_ceiling": psnr(ceiling, target),
-            "edit_region_psnr_ceiling": psnr(ceiling, target, ex.mask) if ex.mask.any() else None,
-            "temporal_error_floor": temporal_error(ceiling, target),
-        }
-        per_clip.append(row)
+        per_clip.append(_score_clip(pipe, ex, out))
         if config.report is not None and ex.kind not in sheets_done:
-            gate = out.gate if out.gate is not None else np.zeros(pred.shape[:3])
-            contact_sheet(
-                [ex.source / 255.0, pred, target, gate],
-                Path(config.report) / f"contact_{ex.kind.replace(' ', '_')}.png",
-            )
+            gate = out.gate if out.gate is not None else np.zeros(out.frames.shape[:3])
+            sheet = Path(config.report) / f"contact_{ex.kind.replace(' ', '_')}.png"
+            contact_sheet([ex.source / 255.0, out.frames, ex.target / 255.0, gate], sheet)
             sheets_done.add(ex.kind)
         if progress:
             progress(i + 1, config.clips)
+    result = _summary(config, pipe, model, adapter, per_clip, kinds)
+    result.update(
+        seconds=round(time.time() - start, 2),
+        # the pipeline alone (encode, denoise, decode), without loading or scoring
+        edit_seconds_per_frame=round(edit_seconds / (len(per_clip) * config.frames), 4),
+    )
+    if config.report is not None:
+        (Path(config.report) / "metrics.json").write_text(jsonutil.dumps({**result, "per_clip": per_clip}, indent=2))
+    return result
+
+
+def _bench_pipeline(config: ToyBenchConfig):
+    """The pipeline the bench edits with, its base's name, and the adapter path (None: the base alone, sdedit)."""
+    from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
+    from ..models.loading import load_model
+    from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
+
+    # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
+    model = config.model or (None if config.adapter else SHAPES_WAN)
+    adapter = config.adapter or (str(SHAPES_WAN_ADAPTER) if model == SHAPES_WAN else None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, loaded = load_model(model, adapter, device, torch.float32, config.arch)
+    pipe = ImVideoEditPipeline.from_base(base, loaded)
+    pipe.set_progress_bar_config(disable=True)
+    if config.size % pipe.size_multiple:
+        raise UsageError(f"--size must be a multiple of {pipe.size_multiple} for this base.")
+    return pipe, base.name, adapter if loaded is not None else None
+
+
+def _score_clip(pipe, ex, out) -> dict:
+    """One edited clip's metrics against its exact target, beside the ceilings of a perfect edit through the VAE."""
+    from ..toy.world import LOCAL_KINDS
+
+    pred, target = out.frames, ex.target.astype(np.float64) / 255.0
+    ceiling = vae_round_trip(pipe, ex.target)
+    local = ex.kind in LOCAL_KINDS
+    return {
+        "kind": ex.kind,
+        "instruction": ex.instruction,
+        "edit_psnr": psnr(pred, target),
+        "edit_region_psnr": psnr(pred, target, ex.mask) if ex.mask.any() else None,
+        "preserve_psnr": psnr(pred, target, ~ex.mask) if local and (~ex.mask).any() else None,
+        "temporal_error": temporal_error(pred, target),
+        "gate_iou": gate_iou(out.gate, ex.mask) if local and out.gate is not None else None,
+        "gate_iou_ceiling": gate_iou_ceiling(ex.mask, pipe.size_multiple) if local else None,
+        "edit_psnr_ceiling": psnr(ceiling, target),
+        "edit_region_psnr_ceiling": psnr(ceiling, target, ex.mask) if ex.mask.any() else None,
+        "temporal_error_floor": temporal_error(ceiling, target),
+    }
+
+
+def _summary(config: ToyBenchConfig, pipe, model: str, adapter: str | None, per_clip: list[dict], kinds) -> dict:
+    """Means over all clips, per kind and over local edits, with what was run."""
+    from ..toy.world import LOCAL_KINDS
 
     def aggregate(rows):
         return {m: _mean([r[m] for r in rows]) for m in BENCH_METRICS} | {"clips": len(rows)}
 
-    result = {
+    loaded = pipe.adapter
+    return {
         "bench": "toy",
-        "model": base.name,
-        "adapter": adapter if loaded is not None else None,
+        "model": model,
+        "adapter": adapter,
         # None: the base alone from noise (no adapter, no --arch)
         "arch": config.arch or (loaded.config.arch if loaded is not None else None),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "report"},
@@ -216,12 +236,4 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         },
         "local": aggregate([r for r in per_clip if r["kind"] in LOCAL_KINDS]),
         "clips": len(per_clip),
-        "seconds": round(time.time() - start, 2),
-        # the pipeline alone (encode, denoise, decode), without loading or scoring
-        "edit_seconds_per_frame": round(edit_seconds / (len(per_clip) * config.frames), 4),
     }
-    if config.report is not None:
-        (Path(config.report) / "metrics.json").write_text(
-            json.dumps({**result, "per_clip": per_clip}, indent=2, default=str)
-        )
-    return result

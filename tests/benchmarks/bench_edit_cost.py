@@ -52,7 +52,7 @@ def build(args, variant: str):
     with torch.no_grad():
         for p in adapter.parameters():
             p.normal_(0, 0.02)
-    pipe = ImVideoEditPipeline(base.tokenizer, base.text_encoder, base.vae, base.scheduler, base.transformer, adapter)
+    pipe = ImVideoEditPipeline.from_base(base, adapter)
     pipe.set_progress_bar_config(disable=True)
     video = sample_example(0, frames=args.frames, size=args.size).source
     return lambda: pipe(video, PROMPT, generator=torch.Generator().manual_seed(0), **kw)
