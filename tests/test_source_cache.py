@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import randomize_adapter
 
-from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, RecomputedSource
+from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from imvedit.models.source import RecomputedSource
 from imvedit.pipeline.pipeline_imvedit import ImVideoEditPipeline
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.imvedit import ImVideoEditTransformer, RecomputedSource
+from ..models.imvedit import ImVideoEditTransformer
+from ..models.source import RecomputedSource
 from ..pipeline.pipeline_imvedit import encode_text
 from .edit_plan import GIB, PROMPTS, EditShape, MemoryOptions, forward_batches
 from .live import LiveStorage, flash_attention, resident_bytes

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from safetensors import safe_open
 from torch import nn
 
 from ..errors import UsageError
-from .adapter_format import FORMAT, file_tensors, read_verified_tensors, write_adapter
 from .lora import LowRank
+from .source import BlockSource, RecomputedSource, SourceFeatures, source_rows
+from .weights_file import recorded_base, stamp_adapter_file
 
 BRANCH_MODES = ("pos_neg", "zero_out")
 GATE_MODES = ("text", "no_text", "none")
@@ -196,7 +195,7 @@ class SpatialDifferenceAttention(nn.Module):
             inner, outer = a_pos - a_neg, self.branches["pos"]["o"](a_pos) - self.branches["neg"]["o"](a_neg)
         else:
             inner, outer = None, self.branches["delta"]["o"](a[0])
-        s_ln = _rows(src.ln, x_ln.shape[0])
+        s_ln = source_rows(src.ln, x_ln.shape[0])
         g = self.gate(x_ln, s_ln, temb, text)
         inner = None if inner is None else g * inner
         if self.aligned is None:
@@ -213,12 +212,6 @@ class SpatialDifferenceAttention(nn.Module):
         if inner is None:
             return outer
         return F.linear(inner, _compute_weight(attn.to_out[0], inner.dtype)) + outer
-
-
-def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """A source of batch 1 broadcasts over n rows as it is; a batch of k (per-frame: one row per frame)
-    repeats to n = m * k rows, in the order the rows are stacked (m branches of k)."""
-    return t if t.shape[0] in (1, n) else t.repeat(n // t.shape[0], *[1] * (t.ndim - 1))
 
 
 def _frame_chunks(frames: int, chunks: int) -> list[tuple[int, int]]:
@@ -390,13 +383,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         `adapter/` folder), then the checks of an imvedit adapter file: the weights must match their
         recorded hash, and the base they were trained for is kept for the pipeline to check."""
         adapter = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        weights = _weights_file(pretrained_model_name_or_path, kwargs)
-        if weights is not None:
-            with safe_open(str(weights), framework="pt") as f:
-                is_imvedit_file = (f.metadata() or {}).get("format") == FORMAT
-            if is_imvedit_file:  # a plain `save_pretrained` of an adapter without a base has nothing to check
-                _, meta = read_verified_tensors(weights)
-                adapter.base_identity = meta["base"]
+        base = recorded_base(pretrained_model_name_or_path, kwargs)
+        if base is not None:  # a plain `save_pretrained` of an adapter without a base has nothing to check
+            adapter.base_identity = base
         return adapter
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
@@ -404,9 +393,7 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         base, payload hash) when the base is known, so loading it anywhere can be checked."""
         super().save_pretrained(save_directory, **kwargs)
         if self.base_identity is not None and kwargs.get("safe_serialization", True):
-            weights = _weights_file(save_directory, {"variant": kwargs.get("variant")})
-            if weights is not None:
-                write_adapter(file_tensors(self.state_dict()), dict(self.config), weights, self.base_identity)
+            stamp_adapter_file(self, save_directory, kwargs.get("variant"), self.base_identity)
 
     @classmethod
     def for_base(cls, transformer: WanTransformer3DModel, arch: str = "imvedit", **switches) -> ImVideoEditAdapter:
@@ -423,140 +410,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         )
 
 
-def _weights_file(name_or_path, kwargs: dict):
-    """The weights file `ModelMixin.from_pretrained` just read: in a local folder, or in the hub cache."""
-    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-
-    filename = SAFETENSORS_WEIGHTS_NAME
-    if kwargs.get("variant"):
-        filename = filename.replace(".safetensors", f".{kwargs['variant']}.safetensors")
-    subfolder = kwargs.get("subfolder") or ""
-    local = Path(name_or_path) / subfolder / filename
-    if local.is_file():
-        return local
-    if Path(name_or_path).exists():
-        return None  # a folder without a safetensors file: diffusers already said what it loaded instead
-    from huggingface_hub import hf_hub_download
-
-    try:  # already downloaded by the call above, so the cache answers
-        return Path(
-            hf_hub_download(
-                str(name_or_path),
-                filename,
-                subfolder=subfolder or None,
-                revision=kwargs.get("revision"),
-                cache_dir=kwargs.get("cache_dir"),
-                local_files_only=True,
-            )
-        )
-    except Exception:  # noqa: BLE001 - no cached file to check is not an error of the weights
-        return None
-
-
 # ---------------------------------------------------------------------------------------------------
 # 3. The processor and the state one forward pass shares between hooks and processors
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BlockSource:
-    """The frozen source stream's tokens at one block. Training keeps the raw form (`mod`, `k`, `v`: attn1's
-    input and its frozen key/value projections, before norm), because the branches that read it change
-    every step; inference keeps `kv` instead, each branch's source keys and values already through its
-    low-rank update, norm and rotary (`SpatialDifferenceAttention.source_kv`), so a step spends nothing on
-    the source. `ln` (the layer-normed block input) feeds the gate and the aligned term in both."""
-
-    ln: torch.Tensor
-    mod: torch.Tensor | None = None
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
-    kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (branches, batch*f, hw, heads, head_dim) each
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.ln, self.mod, self.k, self.v, *(self.kv or ())) if t is not None]
-
-    def frames(self, f0: int, f1: int, f: int) -> BlockSource:
-        """Latent frames [f0, f1) of `f`: views where the layout allows (a batch-1 source)."""
-        n = self.ln.shape[1] // f  # tokens per frame
-        tokens = lambda t: None if t is None else t[:, f0 * n : f1 * n]  # noqa: E731
-        kv = None
-        if self.kv is not None:  # (branches, batch*f, ...): frames are the inner part of the second axis
-            kv = tuple(t.unflatten(1, (-1, f))[:, :, f0:f1].flatten(1, 2) for t in self.kv)
-        return BlockSource(tokens(self.ln), tokens(self.mod), tokens(self.k), tokens(self.v), kv)
-
-    def to(self, device, non_blocking: bool = False, pin: bool = False) -> BlockSource:
-        def move(t):
-            if t is None:
-                return None
-            t = t.to(device, non_blocking=non_blocking)
-            return t.pin_memory() if pin else t
-
-        kv = None if self.kv is None else (move(self.kv[0]), move(self.kv[1]))
-        return BlockSource(move(self.ln), move(self.mod), move(self.k), move(self.v), kv)
-
-
-@dataclass
-class SourceFeatures:
-    """The frozen source stream of one video (batch, usually 1), computed once and reused for every step,
-    guidance branch and prompt: one `BlockSource` per SDA block. For concat and the two-way stream, whose
-    edit pass reads the source itself, only `latents`. The blocks may live on another device than the
-    model (`--source-cache cpu`: host memory): `block(i, device)` brings each in as its block runs and, on
-    CUDA, the next one meanwhile on a side stream."""
-
-    blocks: dict[int, BlockSource]
-    grid: tuple[int, int, int]
-    latents: torch.Tensor | None = None
-    _prefetched: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def batch_size(self) -> int:
-        if self.latents is not None:
-            return self.latents.shape[0]
-        return next(iter(self.blocks.values())).ln.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for b in self.blocks.values() for t in b.tensors())
-
-    def block(self, i: int, device: torch.device) -> BlockSource:
-        here = self._prefetched.pop(i, None)
-        if here is None:
-            here = self.blocks[i].to(device)
-        else:
-            torch.cuda.current_stream(device).wait_stream(_side_stream(device))
-            for t in here.tensors():  # used on the main stream: not reused before that work is done
-                t.record_stream(torch.cuda.current_stream(device))
-        later = [j for j in self.blocks if j > i]
-        if device.type == "cuda" and later and self.blocks[later[0]].ln.device != device:
-            with torch.cuda.stream(_side_stream(device)):
-                self._prefetched[later[0]] = self.blocks[later[0]].to(device, non_blocking=True)
-        return here
-
-    def release_prefetched(self) -> None:
-        self._prefetched.clear()
-
-
-@dataclass
-class RecomputedSource:
-    """No cache (`--source-cache recompute`): the source stream runs again inside every edit forward, as
-    extra rows of its batch (clean latents at t = 0 with the empty prompt), and each block reads it there."""
-
-    latents: torch.Tensor  # (1, c, f, h, w): the clean source latents
-    empty_text: torch.Tensor  # (1, tokens, text_dim): the empty prompt's embeddings
-
-
-_SIDE_STREAMS: dict = {}
-
-
-def _pinnable(device: torch.device) -> bool:
-    """Host memory is pinned (page-locked) for the cache, so copies to a GPU can overlap compute."""
-    return device.type == "cpu" and torch.cuda.is_available()
-
-
-def _side_stream(device: torch.device):
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
 
 
 @dataclass
@@ -651,7 +507,7 @@ class SDAProcessor:
         raw = BlockSource(x_ln, hidden_states, self.frozen["k"], self.frozen["v"])
         if st.prepare:  # inference: only what the branches read, already through them
             raw = BlockSource(x_ln.to(dtype), kv=self.sda.source_kv(attn, raw.to(dtype), st.grid, rope2d))
-        st.recording[self.index] = raw if st.store is None else raw.to(st.store, pin=_pinnable(st.store))
+        st.recording[self.index] = raw if st.store is None else raw.stored(st.store)
 
     def before_out(self, attention: torch.Tensor) -> torch.Tensor:
         """The pre-hook of the block's `to_out[0]` in an edit pass: run the SDA, keep its `outer` part for
@@ -997,8 +853,8 @@ class ImVideoEditTransformer(nn.Module):
             timestep = timestep.repeat_interleave(f, dim=0)
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(f, dim=0)
             gate_text = None if gate_text is None else gate_text.repeat_interleave(f, dim=0)
-        if isinstance(source, SourceFeatures) and latents.shape[0] % source.batch_size:
-            raise ValueError(f"source batch {source.batch_size} does not divide latents batch {latents.shape[0]}")
+        if isinstance(source, SourceFeatures):
+            source.check_serves(latents.shape[0])
         two_way = source is not None and self.adapter.config.source_stream == "two_way"
         st.mode = "plain" if source is None else ("two_way" if two_way else "edit")
         st.source = source if isinstance(source, SourceFeatures) else None

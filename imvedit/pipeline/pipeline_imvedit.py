@@ -24,7 +24,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..errors import UsageError
-from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, RecomputedSource
+from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from ..models.source import RecomputedSource
 
 
 @dataclass
