@@ -70,7 +70,8 @@ def _small_config(tmp_path):
     config["size"] = 32
     config["vae"].update(base_dim=16, steps=1, batch_images=2, report_clips=0)
     config["text_encoder"]["pretrain"].update(steps=6, batch_size=16, probe_texts=[200, 100])
-    config["transformer"].update(steps=4, dataset_clips=4, batch_size=2, checkpoint_every=1, clip_frames=[1, 3])
+    config["transformer"].update(steps=4, dataset_clips=4, batch_size=2, checkpoint_every=1, clip_frames=[1, 3],
+                                 num_attention_heads=2, attention_head_dim=16, ffn_dim=64)  # fmt: skip
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, ["--config", str(path), "--dtype", "fp32"]
