@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from conftest import randomize_adapter
 from diffusers import WanTransformer3DModel
 
-from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer, _rope, frame_rope
+from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from imvedit.models.processor import frame_rope
+from imvedit.models.sda import _rope
 from imvedit.models.source import BlockSource
 from imvedit.training.flow_matching import flow_matching_loss
 
