@@ -79,7 +79,10 @@ def test_vifeedit_costs_two_halves_of_tokens_and_trains(tiny_base):
     handle.remove()
     assert seen == [2 * 3 * 4 * 4]  # target and source tokens, every step
     g = torch.Generator().manual_seed(0)
-    loss = flow_matching_loss(model, src, x, text, gate_text, torch.zeros(1, 7, 16), torch.zeros(1, 16), g)
+    loss = flow_matching_loss(
+        model, source_latents=src, target_latents=x, text=text, gate_text=gate_text,
+        empty_text=torch.zeros(1, 7, 16), empty_gate_text=torch.zeros(1, 16), generator=g,
+    )  # fmt: skip
     loss.backward()
     assert all(p.grad is not None for p in model.adapter.parameters())
     assert not any(p.grad is not None for p in base.parameters())

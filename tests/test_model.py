@@ -113,8 +113,9 @@ def test_one_optimiser_step_moves_the_adapter_and_not_the_base(tiny_base):
     empty, empty_gate = torch.zeros(1, 7, 16), torch.zeros(1, 16)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3, weight_decay=0.0)
     loss = flow_matching_loss(
-        model, src, x, text, gate_text, empty, empty_gate, torch.Generator().manual_seed(0), 0.0, 0.0
-    )
+        model, source_latents=src, target_latents=x, text=text, gate_text=gate_text, empty_text=empty,
+        empty_gate_text=empty_gate, generator=torch.Generator().manual_seed(0), text_dropout=0.0, source_dropout=0.0,
+    )  # fmt: skip
     loss.backward()
     assert all(p.grad is None for p in base.parameters())
     opt.step()
@@ -301,8 +302,9 @@ def test_gate_supervision_teaches_the_gate_where_the_pairs_change(tiny_base):
         for step in range(40):
             src, target, text, gate_text = pairs(step)
             loss = flow_matching_loss(
-                model, src, target, text, gate_text, empty, empty_gate, gen, 0.0, 0.0, gate_weight=weight
-            )
+                model, source_latents=src, target_latents=target, text=text, gate_text=gate_text, empty_text=empty,
+                empty_gate_text=empty_gate, generator=gen, text_dropout=0.0, source_dropout=0.0, gate_weight=weight,
+            )  # fmt: skip
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -78,6 +78,7 @@ def pick_expert(experts: tuple[str, ...], boundary_ratio: float | None, shift: f
 
 def flow_matching_loss(
     model: ImVideoEditTransformer,
+    *,
     source_latents: torch.Tensor,
     target_latents: torch.Tensor,
     text: torch.Tensor,
@@ -94,7 +95,8 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
     gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call;
-    `sigma_range` the part of the schedule the model's expert denoises."""
+    `sigma_range` the part of the schedule the model's expert denoises. Every argument after the model is
+    passed by name: by position, two latents of one shape, four text embeddings and three rates are easily swapped."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
     # All random draws come from one CPU generator so a run is reproducible on any device.

@@ -61,8 +61,9 @@ def build(args, variant: str, device: torch.device):
 
 def step(model, optimizer, batch) -> None:
     loss = flow_matching_loss(
-        model, batch["source"], batch["target"], batch["text"], batch["gate"], batch["empty"], batch["empty_gate"],
-        torch.Generator().manual_seed(1), 0.0, 0.0, 3.0,
+        model, source_latents=batch["source"], target_latents=batch["target"], text=batch["text"],
+        gate_text=batch["gate"], empty_text=batch["empty"], empty_gate_text=batch["empty_gate"],
+        generator=torch.Generator().manual_seed(1), text_dropout=0.0, source_dropout=0.0, shift=3.0,
     )  # fmt: skip
     loss.backward()
     optimizer.step()
