@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .errors import ImveditError, UsageError
 from .fsutil import check_output_dir, check_output_path, staged_dir
 from .models.adapter_file import (
@@ -47,6 +46,7 @@ from .models.adapter_file import (
 )
 from .models.dtypes import DTYPES
 from .models.loading import ADAPTER_FILE, EXPORTED_ADAPTER, EXPORTED_ADAPTER_2, check_experts, resolve_adapter_path
+from .training.model_card import model_card  # the card a training run writes: one writer, so both say the same
 
 FORMATS = ("adapter", "diffusers", "comfyui")
 EMA_FILE = "adapter_ema.safetensors"  # beside adapter.safetensors in a run trained with --ema-decay
@@ -140,12 +140,14 @@ def export(config: ExportConfig) -> dict:
             node = tmp / "custom_nodes" / "imvedit"
             node.mkdir(parents=True)
             (node / "__init__.py").write_text(NODE_SHIM)
-            (tmp / "README.md").write_text(model_card(meta, result, "comfyui", weights.name))
+            (tmp / "README.md").write_text(
+                model_card(meta, result["parameters"], config.dtype, "comfyui", weights.name)
+            )
         written = _moved(written, tmp, out)
     elif config.format == "adapter":
         with staged_dir(out) as tmp:
             written = _write(adapters, metas, _names(tmp / ADAPTER_FILE), dtype=dtype)
-            (tmp / "README.md").write_text(model_card(meta, result, "adapter"))
+            (tmp / "README.md").write_text(model_card(meta, result["parameters"], config.dtype, "adapter"))
         written = _moved(written, tmp, out)
     else:
         result["base_linked"] = config.link_base
@@ -237,7 +239,7 @@ def _export_diffusers(config: ExportConfig, adapters: dict, metas: dict, result:
             adapters, metas, {"high": tmp / EXPORTED_ADAPTER, "low": tmp / EXPORTED_ADAPTER_2}, dtype=dtype
         )
         (tmp / "pipeline.py").write_text(PIPELINE_SHIM)
-        (tmp / "README.md").write_text(model_card(meta, result, "diffusers"))
+        (tmp / "README.md").write_text(model_card(meta, result["parameters"], config.dtype, "diffusers"))
     return {e: str(Path(p).relative_to(tmp)) for e, p in written.items()}
 
 
@@ -262,74 +264,6 @@ def _base_folder(name: str) -> Path:
             ) from e
     raise UsageError(
         f"--link-base needs a base folder on disk; {name!r} has none.", "Export without --link-base to copy the base."
-    )
-
-
-def model_card(meta: dict, result: dict, fmt: str, filename: str = ADAPTER_FILE) -> str:
-    base = meta["base"]
-    training = meta.get("training") or {}
-    rows = [
-        ("base", f"`{base['name']}` (transformer fingerprint `{base['fingerprint']}`)"),
-        ("trainable parameters", f"{result['parameters']:,}"),
-        ("dtype", result["dtype"]),
-        ("switches", ", ".join(f"{k}={v}" for k, v in meta["adapter_config"].items() if not k.startswith("_"))),
-    ]
-    if "expert" in meta:  # Wan2.2-A14B
-        experts = (
-            "one adapter per expert (high and low noise), in two files that name each other: keep them together"
-            if meta.get("pair")
-            else f"the {meta['expert']}-noise expert's adapter alone; the other expert runs unadapted"
-        )
-        rows.append(("experts", experts))
-    for key in ("pairs", "steps", "seconds", "final_loss"):
-        if key in training:
-            value = training[key]
-            rows.append((f"training {key}", f"{value:.4g}" if isinstance(value, float) else str(value)))
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    if fmt == "adapter":
-        usage = (
-            "```bash\n"
-            f'imvedit edit in.mp4 "your instruction" -o out.mp4 --adapter {ADAPTER_FILE}\n'
-            "```\n\n"
-            "```python\n"
-            "from imvedit.models.adapter_file import load_adapter\n\n"
-            f'adapter, meta = load_adapter("{ADAPTER_FILE}")  # checks the payload hash\n'
-            "```\n"
-        )
-    elif fmt == "comfyui":
-        usage = (
-            "Install imvedit into ComfyUI's Python environment, then copy both folders into ComfyUI:\n\n"
-            "```bash\n"
-            "COMFY_PYTHON -m pip install imvedit      # the Python that runs ComfyUI\n"
-            "cp -r models custom_nodes PATH/TO/ComfyUI/\n"
-            "```\n\n"
-            f"Restart ComfyUI; the **ImVideoEdit Loader** node lists `{filename}` (from `models/imvedit/`) and\n"
-            "loads the base the adapter names (or one you give it); **ImVideoEdit Apply** edits an IMAGE batch\n"
-            "(the frames of a video) and also returns the gate as a MASK. The file is not a LoRA: ComfyUI's\n"
-            "LoRA loaders would find none of its keys.\n"
-        )
-    else:
-        usage = (
-            "```python\n"
-            "from imvedit import ImVideoEditPipeline\n\n"
-            'pipe = ImVideoEditPipeline.from_pretrained("THIS_FOLDER")\n'
-            'out = pipe(frames, "your instruction")  # frames: (n, h, w, 3) uint8\n\n'
-            "# or through diffusers alone (pipeline.py only imports the installed imvedit):\n"
-            "from diffusers import DiffusionPipeline\n\n"
-            'pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER", custom_pipeline="pipeline", trust_remote_code=True)\n'
-            "```\n\n"
-            "```bash\n"
-            'imvedit edit in.mp4 "your instruction" -o out.mp4 --model THIS_FOLDER\n'
-            "```\n"
-        )
-    return (
-        "---\nlibrary_name: imvedit\ntags: [video-editing, wan, imvideoedit]\n---\n\n"
-        f"# ImVideoEdit adapter ({fmt} export)\n\n"
-        "An edit adapter for a frozen Wan video diffusion transformer, trained on image pairs only "
-        f"(ImVideoEdit), exported with imvedit {__version__}.\n\n"
-        f"| | |\n|---|---|\n{table}\n\n{usage}\n"
-        "Loading checks that the weights match their recorded sha256 and that the base has the "
-        "architecture the adapter was trained for.\n"
     )
 
 

@@ -1,19 +1,44 @@
 import json
+import subprocess
+import sys
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
 from imvedit.errors import UsageError
 from imvedit.models.bases import load_base
-from imvedit.training.train import TrainConfig
+from imvedit.models.imvedit import ImVideoEditAdapter
+from imvedit.training.config import AdapterOptions, TrainConfig
 
 
 def test_yaml_then_flags(tmp_path, pairs_folder):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(f"pairs_dir: {pairs_folder}\noutput: {tmp_path / 'run'}\nlr: 0.001\nadapter:\n  rank: 4\n")
     cfg = TrainConfig.from_sources(cfg_file, {"lr": 0.01, "seed": 3})
-    assert cfg.lr == 0.01 and cfg.seed == 3 and cfg.adapter == {"rank": 4} and cfg.epochs == 5
+    assert cfg.lr == 0.01 and cfg.seed == 3 and cfg.adapter == AdapterOptions(rank=4) and cfg.epochs == 5
+    assert cfg.to_dict()["adapter"] == {"rank": 4}  # config.yaml records the switches set, nothing more
     cfg.validate()
+
+
+def test_the_adapter_options_are_the_adapters_switches():
+    """AdapterOptions lists each switch the adapter's constructor takes from a user, no more and no fewer."""
+    assert tuple(f.name for f in fields(AdapterOptions)) == ImVideoEditAdapter.config_switches()
+
+
+def test_a_dry_run_refuses_an_unknown_key_as_a_real_run_does(tmp_path, pairs_folder):
+    """--dry-run loads its config through the same loader: one line on stderr, exit 2, the same message."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pairs_dir: {pairs_folder}\noutput: {tmp_path / 'run'}\nlearning_rate: 0.1\n")
+    errors = []
+    for extra in ([], ["--dry-run"]):
+        cmd = [sys.executable, "-m", "imvedit", "train", "--config", str(config), *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error:"), r.stderr
+        errors.append(lines[0])
+    assert "Unknown training option(s): learning_rate." in errors[0] and errors[1] == errors[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_keys_and_python_tags_are_refused(tmp_path):

@@ -12,7 +12,7 @@ from conftest import popen_interruptible
 from safetensors.torch import load_file
 
 from imvedit.data.pairs import PrepareConfig, prepare
-from imvedit.training.train import resolve_checkpoint
+from imvedit.training.config import resolve_checkpoint
 
 COMMON = ["--model", "tiny-random", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-3", "--seed", "1"]
 
@@ -120,7 +120,18 @@ def test_validation_pictures_and_model_card(pairs, tmp_path):
         assert im.width == im.height  # 4 pairs in rows, each: source, edit, target, gate
         assert np.asarray(im).std() > 10  # pictures, not a blank sheet
     card = (run / "README.md").read_text()
-    assert "tiny-random" in card and "| steps | 12 " in card
+    assert "tiny-random" in card and "| training steps | 12 × batch 2 × 1 process(es) |" in card
+    # `imvedit export` writes the same card: only its title, its own version and the run's files differ
+    from imvedit import __version__
+    from imvedit.export import ExportConfig, export
+
+    export(ExportConfig(run, tmp_path / "exported"))
+    exported = (tmp_path / "exported" / "README.md").read_text()
+    only_run = [x for x in card.splitlines() if x not in exported.splitlines()]
+    only_export = [x for x in exported.splitlines() if x not in card.splitlines()]
+    assert only_run[0] == "# ImVideoEdit adapter" and only_export[0] == "# ImVideoEdit adapter (adapter export)"
+    assert only_export[1:] == [only_run[1] + f" Exported with imvedit {__version__}."]
+    assert only_run[2:] == ["The full training config is in `config.yaml`, the loss per step in `log.jsonl`."]
 
 
 def test_ema_weights_are_written_resumed_and_exported(pairs, straight, tmp_path):
@@ -181,7 +192,9 @@ def test_a_diverged_loss_is_a_training_failure_not_a_usage_error(pairs, tmp_path
     from imvedit.cli.main import app
     from imvedit.training import train as train_module
 
-    monkeypatch.setattr(train_module, "flow_matching_loss", lambda *a, **kw: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        train_module, "flow_matching_loss", lambda *a, **kw: torch.tensor(float("nan"), requires_grad=True)
+    )
     run = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", str(pairs), "-o", str(run), "--model", "tiny-random", "--max-steps", "2"])
     assert r.exit_code == 1, r.output
