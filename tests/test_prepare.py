@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imvedit.cli.main import app
-from imvedit.data.pairs import CHECKPOINT_EVERY, RESUME_FILE
+from imvedit.data.prepare import CHECKPOINT_EVERY, RESUME_FILE
 
 runner = CliRunner()
 

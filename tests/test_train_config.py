@@ -72,7 +72,7 @@ def test_training_from_the_cache_follows_the_same_trajectory_without_vae_or_text
     from diffusers import AutoencoderKLWan
     from transformers import UMT5EncoderModel
 
-    from imvedit.data.pairs import PrepareConfig, prepare
+    from imvedit.data.prepare import PrepareConfig, prepare
     from imvedit.training.train import TrainConfig, train
 
     prepare(PrepareConfig("toy", tmp_path / "plain", limit=12, seed=0, toy_size=32))
@@ -99,7 +99,7 @@ def test_training_from_the_cache_follows_the_same_trajectory_without_vae_or_text
 
 def test_a_cache_for_another_base_is_not_used(tmp_path):
     from imvedit.data.cache import cache_matches
-    from imvedit.data.pairs import PrepareConfig, prepare
+    from imvedit.data.prepare import PrepareConfig, prepare
 
     prepare(PrepareConfig("toy", tmp_path / "p", limit=4, seed=0, toy_size=32, cache_model="tiny-random"))
     assert cache_matches(tmp_path / "p", "tiny-random", load_base("tiny-random").fingerprint)

@@ -11,7 +11,7 @@ import torch
 from conftest import popen_interruptible
 from safetensors.torch import load_file
 
-from imvedit.data.pairs import PrepareConfig, prepare
+from imvedit.data.prepare import PrepareConfig, prepare
 from imvedit.training.config import resolve_checkpoint
 
 COMMON = ["--model", "tiny-random", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-3", "--seed", "1"]
