@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .comfyui import NODE_SHIM
 from .errors import ImveditError, UsageError
 from .fsutil import check_output_dir, check_output_path, staged_dir
 from .models.adapter_file import (
@@ -44,8 +45,10 @@ from .models.adapter_file import (
     second_name,
     to_comfyui_names,
 )
+from .models.bases import SHAPES_WAN, SHAPES_WAN_DIR, config_fingerprint, load_base
 from .models.dtypes import DTYPES
 from .models.loading import ADAPTER_FILE, EXPORTED_ADAPTER, EXPORTED_ADAPTER_2, check_experts, resolve_adapter_path
+from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .training.model_card import model_card  # the card a training run writes: one writer, so both say the same
 
 FORMATS = ("adapter", "diffusers", "comfyui")
@@ -131,8 +134,6 @@ def export(config: ExportConfig) -> dict:
     if config.writes_single_file:
         written = _write(adapters, metas, _names(out), dtype=dtype, comfyui=comfyui)
     elif comfyui:
-        from .comfyui import NODE_SHIM
-
         with staged_dir(out) as tmp:
             weights = tmp / "models" / "imvedit" / f"{out.name}.safetensors"
             weights.parent.mkdir(parents=True)
@@ -180,8 +181,6 @@ def _moved(written: dict, staged: Path, out: Path) -> dict[str, str]:
 
 
 def _export_diffusers(config: ExportConfig, adapters: dict, metas: dict, result: dict) -> dict[str, str]:
-    from .models.bases import config_fingerprint, load_base
-    from .pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     dtype = DTYPES[config.dtype]
     meta = next(iter(metas.values()))
@@ -245,7 +244,6 @@ def _export_diffusers(config: ExportConfig, adapters: dict, metas: dict, result:
 
 def _base_folder(name: str) -> Path:
     """The base's diffusers folder on disk, for --link-base."""
-    from .models.bases import SHAPES_WAN, SHAPES_WAN_DIR
 
     if name == SHAPES_WAN:
         return SHAPES_WAN_DIR

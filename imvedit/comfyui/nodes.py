@@ -93,6 +93,7 @@ class ImVideoEditLoader:
         }
 
     def load(self, adapter: str, base: str = "", precision: str = "auto"):
+        # imported when the node runs, not when ComfyUI imports every custom node at start-up
         from ..models.loading import load_model
         from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from ..errors import UsageError
 from ..fsutil import staged_dir
+from ..models.wan import encode_text, normalize_latents, sequence_length
 from .dataset import PairsDataset
 
 CACHE_DIR = "cache"
@@ -41,7 +42,6 @@ def cache_key(base) -> dict:
     """What a cache depends on. Only the transformer is loaded when training from a cache, so the key
     is the base's identity (folder path or id) and its transformer fingerprint, plus the prompt length;
     replacing a base's weights in place under the same path needs a new `prepare --cache`."""
-    from ..pipeline.pipeline_imvedit import sequence_length
 
     return {
         "base": base_id(base.name),
@@ -68,7 +68,6 @@ def cache_matches(pairs_dir: str | Path, model: str, fingerprint: str) -> bool:
 @torch.no_grad()
 def build_cache(pairs_dir: str | Path, base, batch_size: int = 16, progress: Callable[..., None] | None = None) -> dict:
     """Encode every pair of a prepared folder with `base`'s VAE and text encoder into PAIRS_DIR/cache."""
-    from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
 
     dataset = PairsDataset(pairs_dir)
     device = next(base.vae.parameters()).device

@@ -27,6 +27,8 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import UsageError
+from ..models.bases import load_base
+from ..toy.world import WORLDS
 from .cache import build_cache
 from .sources import PRESETS, TOY_SOURCE, Source, is_hub_id, open_rgb, read_source
 
@@ -68,7 +70,6 @@ class PrepareConfig:
                 raise UsageError("The toy source is endless.", "Say how many pairs to render with --limit N.")
             if self.toy_frames < 1 or (self.toy_frames - 1) % 4:
                 raise UsageError(f"--toy-frames must be 1 or 4k + 1 (e.g. 17), got {self.toy_frames}.")
-            from ..toy.world import WORLDS
 
             if self.toy_world not in WORLDS:
                 raise UsageError(f"Unknown world {self.toy_world!r}.", f"Use --world {' or '.join(WORLDS)}.")
@@ -227,7 +228,6 @@ def _summary(config: PrepareConfig, source: Source, done: _Progress) -> dict:
 
 def _cache(folder: Path, model: str, progress: Callable[..., None] | None) -> dict:
     """The latent cache of the folder's pairs, made by `model`'s VAE and text encoder (cache.py)."""
-    from ..models.bases import load_base
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_base(model, torch_dtype=torch.float32)

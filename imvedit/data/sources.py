@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImveditError, UsageError
+from ..toy.world import sample_example
+from ..video.io import iter_frames
 
 if TYPE_CHECKING:
     import datasets
@@ -234,7 +236,6 @@ def _mapped(row: dict, index: int, mapping: dict, root: Path | None) -> dict:
 def _toy_rows(config) -> Iterator[dict]:
     """Shapes-world pairs: the source image (or clip), the ground-truth edit, the instruction and the
     description of the edited result. Deterministic from the seed. A clip is one strip of its frames."""
-    from ..toy.world import sample_example
 
     base = TOY_SEED_OFFSET + (config.seed or 0) * 1_000_003
     for i in range(config.limit):
@@ -276,8 +277,6 @@ def open_rgb(ref) -> Image.Image | None:
         if isinstance(ref, Image.Image):
             return ref.convert("RGB")
         if isinstance(ref, Path) and ref.suffix.lower() in VIDEO_SUFFIXES:
-            from ..video.io import iter_frames
-
             return Image.fromarray(next(iter(iter_frames(ref, max_frames=1))))
         with Image.open(ref) as im:
             return im.convert("RGB")

@@ -25,7 +25,9 @@ import yaml
 
 from ..errors import UsageError
 from ..fsutil import check_output_path
-from ..memory.edit_plan import SDA_CHUNKS
+from ..memory.edit_plan import SDA_CHUNKS, EditShape, choose, default_gpu_memory_gib
+from ..memory.spec import read_base_spec
+from ..models.adapter_file import read_adapter_metadata
 from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
 from ..models.dtypes import DTYPES
 from ..models.loading import EDIT_ARCHS, load_model, resolve_adapter_path
@@ -318,9 +320,6 @@ def memory_options(config: EditConfig, gpu_memory_gib: float | None = None) -> d
 
 def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | None) -> dict:
     """The memory plan's choice for `config.input` at its working size and length, from the configs alone."""
-    from ..memory.edit_plan import EditShape, choose, default_gpu_memory_gib
-    from ..memory.spec import read_base_spec
-    from ..models.adapter_file import read_adapter_metadata
 
     model, adapter, _ = resolve_model(config.model, config.adapter)
     if model is None:  # the adapter names its base

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .judge import JudgeError
+
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the benchmarks' CLIP
 DEFAULT_DINO = "facebook/dinov2-base"
 
@@ -80,7 +82,6 @@ class MetricModels:
     ) -> dict:
         """The learned and flow metrics of one edited clip (uint8 frames (n, h, w, 3)); the judge reads
         `instruction` (else `prompt`). A judge that fails on a clip leaves its reason in `judge_error`."""
-        from .judge import JudgeError
 
         out: dict = {}
         if self.judge is not None and source is not None and (instruction or prompt):

@@ -20,10 +20,13 @@ from pathlib import Path
 import yaml
 
 from .. import __version__, jsonutil
+from ..editing.batch import run_jobs
+from ..editing.edit import EditConfig
 from ..errors import UsageError
 from ..fsutil import atomic_path
 from .evaluate import METRICS_VERSION, _mean, score_pair
 from .learned import MetricModels
+from .report import write_report
 
 ROW_KEYS = {"source", "instruction", "caption", "mask", "output"}
 
@@ -79,9 +82,6 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def run_manifest(config: ManifestEvalConfig, progress=None) -> dict:
-    from ..editing.batch import run_jobs
-    from ..editing.edit import EditConfig
-    from .report import write_report
 
     config.validate()
     rows = read_manifest(config.manifest)

@@ -29,8 +29,12 @@ import torch
 import yaml
 
 from .. import jsonutil
+from ..data.cache import base_id, read_cache_meta
+from ..data.pairs import PrepareConfig, prepare
 from ..errors import UsageError
 from ..fsutil import atomic_path
+from ..training.train import TrainConfig, train
+from .toy_bench import BENCH_METRICS, ToyBenchConfig, run_toy_bench
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,6 @@ class SuiteConfig:
 
 def _prepared(work: Path, frames: int, limit: int, seed: int, model: str, log: Callable[[str], None]) -> Path:
     """Shapes-world training pairs (frames = 1) or clips, cached for `model`; reused when already made."""
-    from ..data.cache import base_id, read_cache_meta
-    from ..data.pairs import PrepareConfig, prepare
 
     out = work / f"pairs-{'images' if frames == 1 else f'videos{frames}'}-{limit}-seed{seed}"
     meta = read_cache_meta(out) if (out / "manifest.jsonl").is_file() else None
@@ -127,7 +129,6 @@ def _prepared(work: Path, frames: int, limit: int, seed: int, model: str, log: C
 
 def _train(variant: Variant, pairs: Path, run_dir: Path, opts: dict, config: SuiteConfig) -> tuple[dict, bool]:
     """Train one variant, or find its finished run with the same config: (the run's summary, reused)."""
-    from ..training.train import TrainConfig, train
 
     cfg = TrainConfig(
         pairs_dir=pairs, output=run_dir, model=config.model, max_steps=opts["train_steps"],
@@ -142,7 +143,6 @@ def _train(variant: Variant, pairs: Path, run_dir: Path, opts: dict, config: Sui
 
 def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> dict:
     """Train and evaluate every variant, then write the page. Returns what results.json holds."""
-    from .toy_bench import BENCH_METRICS, ToyBenchConfig, run_toy_bench
 
     config.validate()
     log = log or (lambda msg: None)

@@ -30,6 +30,11 @@ import torch
 
 from .. import jsonutil
 from ..errors import UsageError
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
+from ..models.loading import load_model
+from ..models.wan import normalize_latents, video_to_tensor
+from ..pipeline.pipeline_imvedit import ImVideoEditPipeline, upsample_gate
+from ..toy.world import EDIT_KINDS, LOCAL_KINDS, WORLDS, sample_example
 from .images import contact_sheet
 from .metrics import psnr, temporal_error
 
@@ -67,7 +72,6 @@ class ToyBenchConfig:
     world: str = "hard"  # which shapes world the clips come from (imvedit/toy/world.py): "hard" or "simple"
 
     def validate(self) -> None:
-        from ..toy.world import EDIT_KINDS, WORLDS
 
         if self.world not in WORLDS:
             raise UsageError(f"Unknown world {self.world!r}.", f"Use --world {' or '.join(WORLDS)}.")
@@ -113,7 +117,6 @@ def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
     as the pipeline upsamples the gate. The gate is one value per token, so a mask only a few tokens across
     cannot be traced exactly; this says how close a gate that knew the mask would get. Per frame: a base
     whose VAE compresses time gates per latent frame, which makes a real gate coarser still."""
-    from ..pipeline.pipeline_imvedit import upsample_gate
 
     f, h, w = mask.shape
     share = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
@@ -124,7 +127,6 @@ def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
 @torch.no_grad()
 def vae_round_trip(pipe, video: np.ndarray) -> np.ndarray:
     """uint8 frames through the pipeline's VAE and back: what a perfect edit would look like."""
-    from ..pipeline.pipeline_imvedit import normalize_latents, video_to_tensor
 
     x = video_to_tensor(video).to(pipe.vae.device, pipe.vae.dtype)
     z = normalize_latents(pipe.vae, pipe.vae.encode(x).latent_dist.mode())
@@ -134,7 +136,6 @@ def vae_round_trip(pipe, video: np.ndarray) -> np.ndarray:
 
 def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     """Edit `config.clips` held-out clips of the shapes world and score them against their exact ground truth."""
-    from ..toy.world import EDIT_KINDS, sample_example
 
     config.validate()
     start = time.time()
@@ -175,9 +176,6 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
 def _bench_pipeline(config: ToyBenchConfig):
     """The pipeline the bench edits with, its base's name, and the adapter path (None: the base alone, sdedit)."""
-    from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
-    from ..models.loading import load_model
-    from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
     model = config.model or (None if config.adapter else SHAPES_WAN)
@@ -193,7 +191,6 @@ def _bench_pipeline(config: ToyBenchConfig):
 
 def _score_clip(pipe, ex, out) -> dict:
     """One edited clip's metrics against its exact target, beside the ceilings of a perfect edit through the VAE."""
-    from ..toy.world import LOCAL_KINDS
 
     pred, target = out.frames, ex.target.astype(np.float64) / 255.0
     ceiling = vae_round_trip(pipe, ex.target)
@@ -215,7 +212,6 @@ def _score_clip(pipe, ex, out) -> dict:
 
 def _summary(config: ToyBenchConfig, pipe, model: str, adapter: str | None, per_clip: list[dict], kinds) -> dict:
     """Means over all clips, per kind and over local edits, with what was run."""
-    from ..toy.world import LOCAL_KINDS
 
     def aggregate(rows):
         return {m: _mean([r[m] for r in rows]) for m in BENCH_METRICS} | {"clips": len(rows)}

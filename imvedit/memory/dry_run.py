@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..editing.edit import resolve_model, working_size
 from ..errors import UsageError
+from ..models.adapter_file import read_adapter_metadata
+from ..models.loading import resolve_adapter_path
 from .edit_plan import CHOICES, EditShape, choose, default_gpu_memory_gib, usable_gib
+from .measure import measure_edit
 from .spec import read_base_spec
 
 
@@ -48,20 +52,15 @@ def parse_size(size: str) -> tuple[int, int]:
 
 def _default_size(area: int, multiple: int) -> tuple[int, int]:
     """The base's working area at Wan's landscape 832:480, sides multiples of the base's stride."""
-    from ..editing.edit import working_size
 
     return working_size(832, 480, area, multiple)
 
 
 def edit_dry_run(req: DryRunRequest) -> dict:
     """The plan (and with `measure`, the meta-device measurement) of the edit the flags describe."""
-    from ..editing.edit import resolve_model
 
     model, adapter, _ = resolve_model(req.model, req.adapter)
     if model is None:  # the adapter names its base
-        from ..models.adapter_file import read_adapter_metadata
-        from ..models.loading import resolve_adapter_path
-
         model = read_adapter_metadata(resolve_adapter_path(adapter))["base"]["name"]
     spec = read_base_spec(model, adapter)
     t = spec.config("transformer")
@@ -107,8 +106,6 @@ def edit_dry_run(req: DryRunRequest) -> dict:
         "device); usable = 90 % of the device, the rest for the CUDA context and allocator",
     }
     if req.measure:
-        from .measure import measure_edit
-
         m = measure_edit(spec, shape, plan.options)
         result["measured"] = {"peak_gib": m.peak_gib, "components": m.components, "phases": m.phases}
     return result

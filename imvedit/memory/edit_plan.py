@@ -34,6 +34,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..pipeline.pipeline_imvedit import temporal_windows
 from .spec import BaseSpec, weight_bytes
 from .vae_plan import VaeShape, decode_bytes, encode_bytes
 
@@ -83,7 +84,6 @@ class EditShape:
 
     def windows(self) -> list[tuple[int, int]]:
         """The latent-frame windows, as `ImVideoEditPipeline.latent_windows` cuts them."""
-        from ..pipeline.pipeline_imvedit import temporal_windows
 
         length = self.latent_frames
         if self.window is None:

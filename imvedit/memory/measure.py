@@ -22,7 +22,7 @@ import torch
 
 from ..models.imvedit import ImVideoEditTransformer
 from ..models.source import RecomputedSource
-from ..pipeline.pipeline_imvedit import encode_text
+from ..models.wan import encode_text
 from .edit_plan import GIB, PROMPTS, EditShape, MemoryOptions, forward_batches
 from .live import LiveStorage, flash_attention, resident_bytes
 from .spec import COMPUTE, BaseSpec, build_meta, group_resident_bytes

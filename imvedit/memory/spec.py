@@ -16,6 +16,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..models.adapter_file import read_adapter_metadata
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, Base, build_tiny_random
+from ..models.imvedit import ImVideoEditAdapter
+from ..models.loading import resolve_adapter_path
+from ..training.plan import UMT5_XXL, read_plan_input
+from .live import resident_bytes
 
 COMPUTE = torch.bfloat16  # the transformer, adapter and text encoder on a GPU (`--dtype` default)
 FP8 = torch.float8_e4m3fn  # `--base-dtype fp8`: the frozen transformer's storage
@@ -49,8 +55,6 @@ def _dump(config) -> str:
 
 def read_base_spec(model: str, adapter: str | None = None) -> BaseSpec:
     """The configs of `model` (and the switches of `adapter`, a file or run folder), without weights."""
-    from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, Base, build_tiny_random
-    from ..training.plan import UMT5_XXL, read_plan_input
 
     transformer = read_plan_input(model).transformer_config  # resolves the name, one message when it cannot
     defaults = {f: Base.__dataclass_fields__[f].default for f in ("default_area", "window_frames", "window_overlap")}
@@ -108,9 +112,6 @@ def adapter_switches(adapter: str | None) -> dict:
     """The switches an adapter file records (`adapter_config` in its metadata); {} for the defaults."""
     if adapter is None:
         return {}
-    from ..models.adapter_file import read_adapter_metadata
-    from ..models.imvedit import ImVideoEditAdapter
-    from ..models.loading import resolve_adapter_path
 
     config = read_adapter_metadata(resolve_adapter_path(adapter)).get("adapter_config") or {}
     keep = (*ImVideoEditAdapter.config_switches(), "arch")
@@ -137,8 +138,6 @@ def build_meta(spec: BaseSpec, base_dtype: str = "bf16") -> MetaModules:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from ..models.imvedit import ImVideoEditAdapter
-
     with torch.device("meta"):
         transformer = WanTransformer3DModel.from_config(spec.config("transformer"))
         switches = spec.config("adapter")
@@ -162,7 +161,6 @@ def build_meta(spec: BaseSpec, base_dtype: str = "bf16") -> MetaModules:
 @lru_cache(maxsize=16)
 def weight_bytes(spec: BaseSpec, base_dtype: str) -> dict[str, int]:
     """Bytes of each module's weights, and of what group offloading keeps of each on the device."""
-    from .live import resident_bytes
 
     m = build_meta(spec, base_dtype)
     sda = m.adapter.sda_layers
@@ -184,7 +182,6 @@ def group_resident_bytes(module: torch.nn.Module) -> int:
     while `module` runs: the top-level children that are not a ModuleList (one group, on the device for
     the whole forward) and two blocks (the one running and the next, prefetched). A module without a
     top-level ModuleList (UMT5EncoderModel: its blocks sit in `encoder.block`) is one group: all of it."""
-    from .live import resident_bytes
 
     lists = [c for c in module.children() if isinstance(c, torch.nn.ModuleList | torch.nn.Sequential)]
     others = [c for c in module.children() if c not in lists]

@@ -24,8 +24,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..errors import UsageError
+from ..models.adapter_file import check_base
+from ..models.bases import config_fingerprint
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from ..models.source import RecomputedSource
+from ..models.wan import encode_text, normalize_latents, video_to_tensor
 
 
 @dataclass
@@ -34,41 +37,7 @@ class ImVideoEditPipelineOutput(BaseOutput):
     gate: np.ndarray | None  # (frames, height, width) in [0, 1]: where the edit applied; None without adapter
 
 
-DEFAULT_SEQUENCE_LENGTH = 512  # Wan was trained on prompts padded to 512 tokens (diffusers' WanPipeline default)
 SOURCE_CACHES = ("device", "cpu", "recompute")
-
-
-def sequence_length(tokenizer, requested: int | None = None) -> int:
-    """Prompt length in tokens: as asked, else 512 capped by the tokenizer's own limit (a toy base says 48)."""
-    if requested is not None:
-        return requested
-    return min(DEFAULT_SEQUENCE_LENGTH, int(getattr(tokenizer, "model_max_length", DEFAULT_SEQUENCE_LENGTH)))
-
-
-def encode_text(tokenizer, text_encoder, prompts: list[str], max_sequence_length: int | None = None):
-    """UMT5 embeddings zero-padded past each prompt's length (as Wan was trained), and their masked means."""
-    max_sequence_length = sequence_length(tokenizer, max_sequence_length)
-    inputs = tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=max_sequence_length,
-        truncation=True,
-        add_special_tokens=True,
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    device = text_encoder.device
-    mask = inputs.attention_mask.to(device)
-    embeds = text_encoder(inputs.input_ids.to(device), mask).last_hidden_state
-    embeds = embeds * mask[..., None].to(embeds.dtype)
-    pooled = embeds.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(embeds.dtype)
-    return embeds, pooled
-
-
-def normalize_latents(vae: AutoencoderKLWan, z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-    return z * std + mean if inverse else (z - mean) / std
 
 
 def temporal_windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -104,21 +73,6 @@ def upsample_gate(gate: torch.Tensor, size: tuple[int, int, int]) -> torch.Tenso
     """A gate map on the token grid (batch, 1, f', h', w') to `size` = (frames, height, width), as the
     pipeline returns it; the toy bench's `gate_iou_ceiling` upsamples its ideal gate the same way."""
     return F.interpolate(gate.float(), size=size, mode="trilinear", align_corners=False)
-
-
-def video_to_tensor(video) -> torch.Tensor:
-    """(frames, h, w, 3) uint8 / float [0, 1] array or tensor, or a list of PIL images -> (1, 3, f, h, w) in [-1, 1]."""
-    if isinstance(video, list):
-        video = np.stack([np.asarray(im.convert("RGB")) for im in video])
-    t = (
-        torch.tensor(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
-    )  # a copy: decoded frames are read-only
-    if t.ndim == 3:
-        t = t[None]
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise UsageError(f"Expected frames shaped (frames, height, width, 3), got {tuple(t.shape)}.")
-    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    return (t.permute(3, 0, 1, 2)[None] * 2 - 1).contiguous()
 
 
 @dataclass
@@ -162,9 +116,6 @@ class ImVideoEditPipeline(DiffusionPipeline):
         for a, t in ((adapter, transformer), (adapter_2, transformer_2)):
             identity = getattr(a, "base_identity", None)
             if identity is not None and t is not None:
-                from ..models.adapter_file import check_base
-                from ..models.bases import config_fingerprint
-
                 check_base({"base": identity}, config_fingerprint(t.config), "The adapter")
         if (transformer_2 is None) != (boundary_ratio is None):
             raise UsageError(

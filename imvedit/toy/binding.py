@@ -16,6 +16,7 @@ import json
 import numpy as np
 import torch
 
+from ..models.bases import load_base
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .world import PALETTE, SIMPLE_SHAPES, Obj, Scene, caption, coverage, render_background, sample_scene
 
@@ -79,7 +80,6 @@ def binding_report(base, samples: int = 24, frames: int = 9, steps: int = 20, gu
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..models.bases import load_base
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="a pretrained toy base folder (pretrain.py's output)")

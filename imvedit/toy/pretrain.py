@@ -35,8 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.bases import save_base
-from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
+from ..evaluation.metrics import psnr
+from ..evaluation.toy_bench import BENCH_SEED_OFFSET
+from ..models.bases import load_base, save_base
+from ..models.wan import encode_text, normalize_latents
 from .bundle import build_untrained, load_config
 from .pretrain_text import train_text_encoder
 from .runlog import cosine, log_record
@@ -154,8 +156,6 @@ def codec_report(vae, world: str, size: int = 64, clips_per_kind: int = 8, frame
     - `clip_vs_alone_rms`: each frame's latent in its clip against the same frame encoded alone, RMS in
       units of the latents' per-channel std (what an adapter trained on images needs to be near 0).
     """
-    from ..evaluation.metrics import psnr
-    from ..evaluation.toy_bench import BENCH_SEED_OFFSET
 
     recon, region, rms = [], {}, []
     for kind in EDIT_KINDS:
@@ -331,8 +331,6 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "pretrain_log.jsonl"
     if args.init:
-        from ..models.bases import load_base
-
         base = load_base(args.init, torch_dtype=torch.float32)
         base.name = "shapes-wan"
     else:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.pipeline_imvedit import encode_text
+from ..models.wan import encode_text
 from .runlog import cosine, log_record
 from .world import (
     EDIT_KINDS,

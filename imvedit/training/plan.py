@@ -25,6 +25,15 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..models.bases import (
+    SHAPES_WAN,
+    SHAPES_WAN_DIR,
+    TINY_RANDOM,
+    build_tiny_random,
+    check_supported,
+    read_base_configs,
+)
+from ..models.imvedit import ImVideoEditAdapter
 
 GB = 1024**3
 # google/umt5-xxl's encoder, the text encoder of every Wan base (its published config)
@@ -49,15 +58,6 @@ def _count(module_cls, config: dict) -> int:
 
 def read_plan_input(model: str) -> PlanInput:
     """The configs of a base (a diffusers folder, a hub id, or a builtin name) without its weights."""
-    from ..models.bases import (
-        SHAPES_WAN,
-        SHAPES_WAN_DIR,
-        TINY_RANDOM,
-        build_tiny_random,
-        check_supported,
-        read_base_configs,
-    )
-
     if model == TINY_RANDOM:
         base = build_tiny_random()
         te = sum(p.numel() for p in base.text_encoder.parameters())
@@ -99,8 +99,6 @@ def plan(
     `experts`: how many of the base's experts the run trains (default: all of them)."""
     from diffusers import WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-
-    from ..models.imvedit import ImVideoEditAdapter
 
     cfg = {k: v for k, v in inp.transformer_config.items() if not k.startswith("_")}
     with torch.device("meta"):

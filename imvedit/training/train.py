@@ -38,17 +38,20 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.cache import CachedPairs, cache_matches, read_cache_meta
-from ..data.dataset import BucketBatchSampler, PairsDataset
+from ..data.cache import CachedPairs, base_id, cache_matches, read_cache_meta
+from ..data.dataset import BucketBatchSampler, PairsDataset, load_pairs_manifest
 from ..errors import TrainingError, UsageError
+from ..evaluation.images import contact_sheet
 from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import read_adapter_metadata, save_adapter, save_adapter_pair, second_name
 from ..models.bases import COMPONENTS, EXPERTS, Base, load_base
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
-from ..pipeline.pipeline_imvedit import encode_text, normalize_latents
+from ..models.wan import encode_text, normalize_latents
+from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .config import CHECKPOINT_PREFIX, TrainConfig, check_expert_option, resolve_checkpoint, trained_experts
 from .flow_matching import FULL_RANGE, expert_sigma_range, flow_matching_loss, pick_expert
 from .model_card import model_card
+from .plan import plan, read_plan_input
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -422,8 +425,6 @@ def _steps_per_expert(log_path: Path, experts: tuple[str, ...]) -> dict[str, int
 def _validate(run: _Run, path: Path) -> None:
     """Edit the first pairs of the folder with the adapters as they are now: one row per pair (source, edit,
     target, gate) in a PNG, so the user sees the edit being learned."""
-    from ..evaluation.images import contact_sheet
-    from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 
     config, base, adapters, dataset = run.config, run.base, run.adapters, run.dataset
     if base.vae is None or base.text_encoder is None:  # trained from a cache: load them for this, once
@@ -611,7 +612,6 @@ def _encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def cache_usable(pairs_dir: str | Path, model: str) -> bool:
     """A cache exists and names this base (its fingerprint is checked once the transformer is loaded)."""
-    from ..data.cache import base_id
 
     meta = read_cache_meta(pairs_dir)
     return meta is not None and meta["key"]["base"] == base_id(model)
@@ -620,8 +620,6 @@ def cache_usable(pairs_dir: str | Path, model: str) -> bool:
 def dry_run(yaml_path: str | Path | None, overrides: dict, gpu_memory: float | None, max_area: int | None) -> dict:
     """The memory plan of the run these options describe (imvedit/training/plan.py); nothing is trained. The
     options load as a real run's do, so an unknown key is refused alike; neither folder needs to be named."""
-    from ..data.dataset import load_pairs_manifest
-    from .plan import plan, read_plan_input
 
     config = TrainConfig.from_sources(yaml_path, overrides, required=())
     area = max_area or 480 * 832

@@ -59,7 +59,7 @@ def build(args, variant: str):
 
 
 def _length(base) -> int:
-    from imvedit.pipeline.pipeline_imvedit import sequence_length
+    from imvedit.models.wan import sequence_length
 
     return sequence_length(base.tokenizer)
 
