@@ -105,3 +105,21 @@ def popen_interruptible(cmd, **kwargs) -> subprocess.Popen:
     job: a shell starts background jobs with SIGINT ignored, the child inherits that, and Python then
     keeps ignoring it (as a backgrounded `imvedit` should)."""
     return subprocess.Popen(cmd, preexec_fn=_sigint_default, **kwargs)  # noqa: PLW1509 - set before exec, no threads
+
+
+def run_killed_then_resumed(monkeypatch, module, name: str, call: int, run) -> None:
+    """`run()` with `module.name` raising KeyboardInterrupt on its `call`-th call (a kill mid-run), then
+    `run()` again with it restored: the resume under test."""
+    real, calls = getattr(module, name), []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(module, name, real)
+    run()

@@ -4,9 +4,9 @@ transformer stage."""
 import json
 
 import numpy as np
-import pytest
 import torch
 import yaml
+from conftest import run_killed_then_resumed
 
 import imvedit.toy.pretrain as pretrain
 from imvedit.models.bases import load_base
@@ -98,19 +98,10 @@ def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, mo
     run = [*args, "--stage", "transformer", "--init", str(tmp_path / "vae"), "-o"]
     pretrain.main([*run, str(tmp_path / "whole")])
 
-    real, calls = pretrain._transformer_step, []
-
-    def dies_at_step_2(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(pretrain, "_transformer_step", dies_at_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main([*run, str(tmp_path / "resumed")])
-    monkeypatch.setattr(pretrain, "_transformer_step", real)
-    pretrain.main([*run, str(tmp_path / "resumed")])
+    # killed during step 2 (one call per step), then run again
+    run_killed_then_resumed(
+        monkeypatch, pretrain, "_transformer_step", 3, lambda: pretrain.main([*run, str(tmp_path / "resumed")])
+    )
     assert '"resumed_at": 2' in (tmp_path / "resumed" / "pretrain_log.jsonl").read_text()
     whole = load_base(str(tmp_path / "whole"), torch_dtype=torch.float32).transformer.state_dict()
     resumed = load_base(str(tmp_path / "resumed"), torch_dtype=torch.float32).transformer.state_dict()

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_killed_then_resumed
 from typer.testing import CliRunner
 
 from imvedit.cli.main import app
@@ -225,19 +226,10 @@ def test_frame_independent_vae_gives_each_frame_its_latent_alone_and_resumes(tmp
     args = ["--config", str(tmp_path / "c.yaml"), "--stage", "vae", "--dtype", "fp32", "-o"]
     pretrain.main([*args, str(tmp_path / "whole")])
 
-    real, calls = pretrain.sample_example, []
-
-    def dies_at_step_2(*a, **k):  # one call per step at this batch: killed during step 2
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(pretrain, "sample_example", dies_at_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.main([*args, str(tmp_path / "resumed")])
-    monkeypatch.setattr(pretrain, "sample_example", real)
-    pretrain.main([*args, str(tmp_path / "resumed")])
+    # one call per step at this batch: killed during step 2, then run again
+    run_killed_then_resumed(
+        monkeypatch, pretrain, "sample_example", 3, lambda: pretrain.main([*args, str(tmp_path / "resumed")])
+    )
     log = (tmp_path / "resumed" / "pretrain_log.jsonl").read_text()
     assert '"resumed_at": 2' in log
 
