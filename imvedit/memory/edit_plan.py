@@ -24,8 +24,9 @@ shrinks by as much for the same output); `vae_tiling`.
 
 Weights are counted exactly (the modules are built on the meta device). Activations are arithmetic: for
 each phase, what the code keeps alive at its largest point, read off diffusers' `transformer_wan.py`,
-imvedit's `models/processor.py` and `models/sda.py` and (for the VAE) `vae_plan.py`; `measure.py` runs the real modules on the
-meta device under a live-storage tracker and the tests hold the two within 10 %. Sizes are GiB.
+imvedit's `models/processor.py` and `models/sda.py`, and (for the VAE) `vae_plan.py`; `measure.py` runs the
+real modules on the meta device under a live-storage tracker and the tests hold the two within 10 %. Sizes
+are GiB.
 """
 
 from __future__ import annotations
