@@ -126,3 +126,20 @@ def test_binding_reads_the_colour_and_shape_of_a_rendered_object_back():
     assert {s.objects[0].shape for s in [sample_scene(rng, 1, world="simple") for _ in range(30)]} == set(SIMPLE_SHAPES)
     empty = sample_scene(rng, 0, world="simple")
     assert read_object(render(empty, 1, 64)[0], empty)["shape"] is None  # nothing drawn, nothing read
+
+
+def test_decoder_stage_trains_the_decoder_and_leaves_every_latent_as_it_was(tmp_path):
+    config, args = _small_config(tmp_path)
+    config["decoder"].update(steps=3, batch_images=2, report_clips=0)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    pretrain.main([*args, "--stage", "decoder", "--init", str(tmp_path / "vae"), "-o", str(tmp_path / "dec")])
+    before = load_base(str(tmp_path / "vae"), torch_dtype=torch.float32).vae
+    after = load_base(str(tmp_path / "dec"), torch_dtype=torch.float32).vae
+    b, a = before.state_dict(), after.state_dict()
+    changed = {k.split(".")[0] for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {"decoder", "post_quant_conv"} or changed == {"decoder"}
+    x = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(x).latent_dist.mode(), after.encode(x).latent_dist.mode())
+    assert after.config.latents_mean == before.config.latents_mean  # the same statistics, measured again

@@ -18,8 +18,10 @@ pretrain_text.py), and stays frozen from then on, as a real Wan's encoder does.
 (`bundle.zero_past_taps`), trained on single frames only. `--stage vae` keeps a checkpoint in OUT_DIR
 (`checkpoint-vae.pt`, every `vae.checkpoint_every` steps) and resumes from it when run again; with
 `vae.report_clips` it then measures the codec on held-out clips (`codec_report`, into pretrain_report.json).
-`--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. Stages chain through
-`--init`: each writes a whole base, the next starts from it.
+`--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. `--stage decoder` (the
+`decoder:` section) trains the VAE's decoder alone: the latents, and the transformer trained on them, stay
+valid, while decoded pixels get sharper. Stages chain through `--init`: each writes a whole base, the next
+starts from it.
 OUT_DIR gets the diffusers Wan layout.
 """
 
@@ -65,11 +67,16 @@ def _save_checkpoint(checkpoint: Path, state: dict) -> None:
 
 def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | None = None) -> dict:
     c, size, world = config["vae"], config["size"], _world(config)
-    vae = base.vae
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)  # no decay: zeroed taps stay zero
+    vae, stage = base.vae, "decoder" if c.get("decoder_only") else "vae"
+    vae.train().requires_grad_(stage == "vae")
+    # decoder_only: the encoder (so every latent, and a transformer trained on them) stays as it is
+    trained = [vae.post_quant_conv, vae.decoder] if stage == "decoder" else [vae]
+    params = [p for m in trained for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=0.0)  # no decay: zeroed taps stay zero
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, c["steps"], 100))
-    seed = 1_000_000 * (config["seed"] + 1)
+    seed = 1_000_000 * (config["seed"] + 1) + c.get("seed_offset", 0)
     first, elapsed = 0, 0.0
     if checkpoint is not None and checkpoint.exists():  # a killed run picks up where its last checkpoint left it
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -77,7 +84,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         first, seed, elapsed = state["step"] + 1, state["seed"], state["seconds"]
-        log_record(log, {"stage": "vae", "resumed_at": first})
+        log_record(log, {"stage": stage, "resumed_at": first})
     start = time.time() - elapsed
     for step in range(first, c["steps"]):
         # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs);
@@ -91,7 +98,8 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
             seed += 1
             clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
         x = torch.stack(clips)
-        posterior = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(stage == "vae"):
+            posterior = vae.encode(x).latent_dist
         # The posterior mean: a sampled posterior starts with unit variance and buries the signal for
         # hundreds of steps, and even a little fixed noise capped reconstructions near 20 dB here.
         z = posterior.mode()
@@ -106,7 +114,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
             loss = loss + c["consistency_weight"] * _consistency(vae, x, z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 100 == 0 or step == c["steps"] - 1:
@@ -114,7 +122,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
             log_record(
                 log,
                 {
-                    "stage": "vae",
+                    "stage": stage,
                     "step": step,
                     "loss": round(loss.item(), 5),
                     "psnr": round(psnr, 2),
@@ -142,7 +150,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
     report = {"vae_seconds": round(time.time() - start, 1)}
     if c.get("report_clips"):
         report["codec"] = codec_report(vae, world, size, c["report_clips"])
-        log_record(log, {"stage": "vae", **report["codec"]})
+        log_record(log, {"stage": stage, **report["codec"]})
     return report
 
 
@@ -317,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="pretraining config (default: the bundled one)")
     parser.add_argument("-o", "--output", required=True, help="folder to write the diffusers-format base to")
-    parser.add_argument("--stage", choices=("vae", "text", "transformer", "refine", "all"), default="all")
+    stages = ("vae", "text", "transformer", "decoder", "refine", "all")
+    parser.add_argument("--stage", choices=stages, default="all")
     parser.add_argument("--init", default=None, help="a base folder to start from (e.g. the VAE stage's output)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -342,6 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         report.update(train_text_encoder(base, config, log))
     if args.stage in ("transformer", "all"):
         report.update(train_transformer(base, config, log, checkpoint=out / "checkpoint-transformer.pt"))
+    if args.stage in ("decoder", "all") and config.get("decoder"):
+        decoder = {**config, "vae": {**config["vae"], **config["decoder"], "decoder_only": True}}
+        report.update(
+            {f"decoder_{k}": v for k, v in train_vae(base, decoder, log, out / "checkpoint-decoder.pt").items()}
+        )
     if args.stage in ("refine", "all") and config.get("refine"):
         report.update(refine(base, config, log))
     if args.dtype == "fp16":  # half the bytes; loading upcasts to the dtype asked for
