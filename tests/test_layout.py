@@ -163,3 +163,14 @@ def test_docs_show_the_same_layers():
 def test_every_module_has_a_layer():
     for module in _modules():
         _layer(module)
+
+
+def test_docs_files_table_covers_every_module():
+    """Every module of the package is in docs/index.md's files table, by its own path or its folder's."""
+    text = (ROOT / "docs" / "index.md").read_text()
+    table = text[text.index("| where | what |") :].split("\n\n")[0]
+    named = set(re.findall(r"`(imvedit/[\w/.]*)`", table))
+    files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "imvedit").rglob("*.py") if p.name != "__init__.py"]
+    files = [f for f in files if f != "imvedit/__main__.py"]
+    missing = [f for f in files if f not in named and not any(f.startswith(n) and n.endswith("/") for n in named)]
+    assert not missing, f"docs/index.md's files table does not name: {missing}"
