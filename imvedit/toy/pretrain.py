@@ -56,6 +56,39 @@ def _world(config: dict) -> str:
     return config.get("world", DEFAULT_WORLD)
 
 
+def _vae_batch(c: dict, step: int, seed: int, size: int, world: str) -> tuple[torch.Tensor, int]:
+    """A step's clips (b, 3, f, h, w): sources and edited targets of fresh examples; and the next seed."""
+    # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs);
+    # a frame-independent VAE sees single frames only, so the taps that read earlier frames stay zero.
+    clip_step = step % 2 == 1 and not c.get("frame_independent")
+    frames, count = (c["clip_frames"], c["batch_clips"]) if clip_step else (1, c["batch_images"])
+    clips = []
+    for _ in range(max(1, count // 2)):
+        ex = sample_example(seed, frames=frames, size=size, world=world)  # every colour and style
+        seed += 1
+        clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
+    return torch.stack(clips), seed
+
+
+def _vae_loss(vae, c: dict, x: torch.Tensor, encoder_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE per pixel (edge-weighted with `edge_weight`), a small KL, and the optional consistency term."""
+    with torch.set_grad_enabled(encoder_grad):
+        posterior = vae.encode(x).latent_dist
+    # The posterior mean: a sampled posterior starts with unit variance and buries the signal for
+    # hundreds of steps, and even a little fixed noise capped reconstructions near 20 dB here.
+    z = posterior.mode()
+    recon = vae.decode(z).sample
+    kl = posterior.kl().mean() / z[0].numel()
+    err = (recon - x).abs() + (recon - x) ** 2
+    if c.get("edge_weight"):
+        weight = 1.0 + c["edge_weight"] * _edges(x)
+        err = weight * err / weight.mean()
+    loss = err.mean() + c["kl_weight"] * kl
+    if x.shape[2] > 1 and c.get("consistency_weight"):
+        loss = loss + c["consistency_weight"] * _consistency(vae, x, z)
+    return loss, recon
+
+
 def _due(checkpoint: Path | None, step: int, c: dict) -> bool:
     return checkpoint is not None and (step == c["steps"] - 1 or (step + 1) % c.get("checkpoint_every", 500) == 0)
 
@@ -87,31 +120,8 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
         log_record(log, {"stage": stage, "resumed_at": first})
     start = time.time() - elapsed
     for step in range(first, c["steps"]):
-        # Alternate single frames (cheap, most of the learning) and short clips (the causal temporal convs);
-        # a frame-independent VAE sees single frames only, so the taps that read earlier frames stay zero.
-        clip_step = step % 2 == 1 and not c.get("frame_independent")
-        frames, count = (c["clip_frames"], c["batch_clips"]) if clip_step else (1, c["batch_images"])
-        clips = []
-        for _ in range(max(1, count // 2)):
-            # source and edited target: every colour/style
-            ex = sample_example(seed, frames=frames, size=size, world=world)
-            seed += 1
-            clips += [_to_tensor(ex.source), _to_tensor(ex.target)]
-        x = torch.stack(clips)
-        with torch.set_grad_enabled(stage == "vae"):
-            posterior = vae.encode(x).latent_dist
-        # The posterior mean: a sampled posterior starts with unit variance and buries the signal for
-        # hundreds of steps, and even a little fixed noise capped reconstructions near 20 dB here.
-        z = posterior.mode()
-        recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / z[0].numel()
-        err = (recon - x).abs() + (recon - x) ** 2  # L1 + MSE per pixel
-        if c.get("edge_weight"):
-            weight = 1.0 + c["edge_weight"] * _edges(x)
-            err = weight * err / weight.mean()
-        loss = err.mean() + c["kl_weight"] * kl
-        if frames > 1 and c.get("consistency_weight"):
-            loss = loss + c["consistency_weight"] * _consistency(vae, x, z)
+        x, seed = _vae_batch(c, step, seed, size, world)
+        loss, recon = _vae_loss(vae, c, x, encoder_grad=stage == "vae")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
