@@ -92,3 +92,37 @@ def test_shared_options_read_the_same_in_every_command():
         assert len(wordings) == 1, (flag, wordings)
     assert all("a diffusers Wan folder, a hub id" in helps[c] for c in helps)
     assert "(default: 5)" in helps["train"]  # a default in the help text is shown, not eaten as markup
+
+
+def test_prepare_hands_its_flags_to_the_library(recorded, tmp_path):
+    import imvedit.data.pairs as pairs
+
+    calls = recorded(pairs, "prepare", {"kept": 3, "dropped": {}})
+    args = ["prepare", "toy", "-o", str(tmp_path / "p"), "--limit", "3", "--seed", "4", "--toy-frames", "17",
+            "--world", "simple", "--cache", "--model", "shapes-wan", "--overwrite", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = calls
+    assert (config.source, config.output, config.limit, config.seed) == ("toy", tmp_path / "p", 3, 4)
+    assert (config.cache_model, config.overwrite, config.toy_world, config.toy_frames) == (
+        "shapes-wan",
+        True,
+        "simple",
+        17,
+    )
+
+
+def test_train_hands_flags_over_its_config_file_to_the_library(recorded, tmp_path):
+    import imvedit.training.train as training
+
+    summary = {"steps": 2, "final_loss": 0.5, "output": str(tmp_path / "r")}
+    calls = recorded(training, "train", summary)
+    (tmp_path / "c.yaml").write_text("lr: 0.002\nbatch_size: 4\nadapter:\n  rank: 8\n")
+    (tmp_path / "pairs").mkdir()
+    args = ["train", str(tmp_path / "pairs"), "-o", str(tmp_path / "r"), "--config", str(tmp_path / "c.yaml"),
+            "--batch-size", "2", "--max-steps", "2", "--model", "tiny-random", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = calls
+    assert (config.lr, config.batch_size, config.max_steps, config.model) == (0.002, 2, 2, "tiny-random")  # flags win
+    assert config.adapter.rank == 8 and config.pairs_dir == tmp_path / "pairs"
