@@ -54,13 +54,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def binding_report(base, samples: int = 24, frames: int = 9, steps: int = 20, guidance: float = 3.0,
-                   seed: int = 0, exclude: set[str] | None = None) -> dict:  # fmt: skip
+                   seed: int = 0, exclude: set[str] | None = None, size: int = 64) -> dict:  # fmt: skip
     """Share of `samples` clips whose object has the named colour, the named shape, and both."""
     pipe = ImVideoEditPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)
     rng, rows = np.random.default_rng(seed + 555), []
-    size = base.default_area**0.5
-    blank = np.zeros((frames, int(size), int(size), 3), np.uint8)
+    blank = np.zeros((frames, size, size, 3), np.uint8)  # the world's canvas (a loaded folder says Wan's area)
     while len(rows) < samples:
         scene = sample_scene(rng, 1, world="simple")
         text = caption(scene)
