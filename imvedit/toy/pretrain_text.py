@@ -171,8 +171,11 @@ def _features(base, texts: list[str]) -> torch.Tensor:
 
 
 def _fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500) -> torch.nn.Linear:
-    """Multinomial logistic regression on standardised features (the probe; nothing deeper)."""
-    probe = torch.nn.Linear(x.shape[1], classes)
+    """Multinomial logistic regression on standardised features (the probe; nothing deeper), from a seeded
+    initialisation so that a probe is a function of the features alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        probe = torch.nn.Linear(x.shape[1], classes)
     opt = torch.optim.Adam(probe.parameters(), lr=0.05)
     for _ in range(steps):
         loss = F.cross_entropy(probe(x), y) + 1e-4 * probe.weight.square().sum()
