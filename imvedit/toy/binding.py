@@ -18,7 +18,7 @@ import torch
 
 from ..models.bases import load_base
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
-from .world import PALETTE, SIMPLE_SHAPES, Obj, Scene, caption, coverage, render_background, sample_scene
+from .world import PALETTE, SIMPLE_SHAPES, SQUARE_HALF, Obj, Scene, caption, coverage, render_background, sample_scene
 
 OBJECT_DISTANCE = 60.0  # RGB distance (0-255) from the named background that makes a pixel the object's
 _SCALES = np.linspace(0.8, 1.25, 10)  # template sizes tried around the mask's own extent
@@ -44,7 +44,7 @@ def read_object(frame: np.ndarray, scene: Scene) -> dict:
 
 def _template(shape: str, centre: tuple[float, float], extent: float, size: int) -> np.ndarray:
     """`shape` drawn at `centre` with a bounding box `extent` across (canvas units), as a boolean mask."""
-    across = extent / 0.85 if shape == "square" else extent  # a square's side is 0.85 of the object's size
+    across = extent / SQUARE_HALF if shape == "square" else extent  # a square's side is that share of its size
     return coverage(Obj(shape, "white", *centre, 0.0, 0.0, across), 0, size, world="simple") > 0.5
 
 

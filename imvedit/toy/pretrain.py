@@ -43,7 +43,7 @@ from ..models.bases import load_base, save_base
 from ..models.wan import encode_text, normalize_latents
 from .bundle import build_untrained, load_config
 from .pretrain_text import train_text_encoder
-from .runlog import cosine, log_record
+from .runlog import cosine, log_record, optimizer_step
 from .world import DEFAULT_WORLD, EDIT_KINDS, GLOBAL_STYLES, caption, render, sample_example, sample_scene
 
 
@@ -122,11 +122,7 @@ def train_vae(base, config: dict, log: Path | None = None, checkpoint: Path | No
     for step in range(first, c["steps"]):
         x, seed = _vae_batch(c, step, seed, size, world)
         loss, recon = _vae_loss(vae, c, x, encoder_grad=stage == "vae")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if step % 100 == 0 or step == c["steps"] - 1:
             psnr = -10 * math.log10(F.mse_loss((recon + 1) / 2, (x + 1) / 2).item() + 1e-12)
             log_record(
@@ -279,11 +275,7 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
     start = time.time() - elapsed
     for step in range(first, c["steps"]):
         loss = _transformer_step(base, c, latents, captions, gen, train_text, short)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         losses = [*losses[-199:], loss.item()]
         if step % 100 == 0 or step == c["steps"] - 1:
             mean = sum(losses[-100:]) / len(losses[-100:])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.wan import encode_text
-from .runlog import cosine, log_record
+from .runlog import cosine, log_record, optimizer_step
 from .world import (
     EDIT_KINDS,
     GLOBAL_STYLES,
@@ -147,11 +147,7 @@ def train_text_encoder(base, config: dict, log=None) -> dict:
         targets = _targets(labels)
         losses = {h: F.cross_entropy(heads[h](pooled), targets[h], ignore_index=IGNORE) for h in HEADS}
         loss = sum(v for v in losses.values() if not v.isnan())  # a batch may hold no text for a head
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if step % 100 == 0 or step == c["steps"] - 1:
             log_record(
                 log, {"stage": "text", "step": step, "loss": round(loss.item(), 4), "s": round(time.time() - start)}

@@ -1,10 +1,12 @@
-"""What every pretraining stage shares: its learning-rate schedule and its log lines."""
+"""What every pretraining stage shares: its learning-rate schedule, its optimiser step and its log lines."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import torch
 
 
 def cosine(step: int, total: int, warmup: int) -> float:
@@ -21,3 +23,12 @@ def log_record(path: Path | None, record: dict) -> None:
     if path is not None:
         with open(path, "a") as f:
             f.write(line + "\n")
+
+
+def optimizer_step(loss: torch.Tensor, opt, sched, params: list) -> None:
+    """Backward, clip the gradient norm to 1, step the optimiser and the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()

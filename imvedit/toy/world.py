@@ -121,7 +121,7 @@ _SPEED_RANGE = (0.01, 0.03)
 # box) 16-19 % of the frame, so a replaced shape stays in range too
 _SIMPLE_SIZE_RANGE = (0.56, 0.615)
 _SIMPLE_ADD_SIZE = 0.58  # an added object's box: fixed, so "add a red square at the top left" says all of it
-_SQUARE_HALF = 0.85  # a square's half-side relative to the object's radius, so its area is close to the disc's
+SQUARE_HALF = 0.85  # a square's half-side relative to the object's radius, so its area is close to the disc's
 _STAR_INNER = 0.45  # inner/outer radius: fatter than a regular pentagram, so small stars stay legible
 _WINTER_TINT = np.array([230.0, 240.0, 255.0])
 _NIGHT_GAIN = np.array([0.85, 0.9, 1.25]) * 0.35
@@ -287,7 +287,7 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, world: str
     if shape == "circle":
         return dx**2 + dy**2 <= r**2
     if shape == "square":
-        return np.maximum(np.abs(dx), np.abs(dy)) <= _SQUARE_HALF * r
+        return np.maximum(np.abs(dx), np.abs(dy)) <= SQUARE_HALF * r
     if shape == "diamond":
         return np.abs(dx) + np.abs(dy) <= r
     if shape == "triangle":
