@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from imvedit.cli.main import app
 from imvedit.evaluation.toy_bench import ToyBenchConfig, gate_iou, gate_iou_ceiling, run_toy_bench
 from imvedit.models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, SHAPES_WAN_DIR, load_base
+from imvedit.toy.world import DEFAULT_WORLD
 
 runner = CliRunner()
 bundled = pytest.mark.skipif(not SHAPES_WAN_ADAPTER.exists(), reason="this build has no toy edit adapter")
@@ -186,14 +187,16 @@ def _prepared(out):
     return out / "manifest.jsonl"
 
 
-def test_bench_world_option_reaches_the_bench(monkeypatch):
+def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monkeypatch):
+    """--world picks the clips' world; with no --prompt the bench prompts as `imvedit edit` does, with the
+    instruction, and both defaults are the library's (the CLI repeats neither)."""
     import imvedit.evaluation.toy_bench as toy_bench
 
     seen = {}
 
     def fake(config, progress=None):
         config.validate()
-        seen["world"] = config.world
+        seen["world"], seen["prompt"] = config.world, config.prompt
         return {
             "overall": dict.fromkeys(toy_bench.BENCH_METRICS) | {"clips": 0},
             "per_kind": {},
@@ -204,8 +207,10 @@ def test_bench_world_option_reaches_the_bench(monkeypatch):
     monkeypatch.setattr(toy_bench, "run_toy_bench", fake)
     result = runner.invoke(app, ["eval", "--bench", "toy", "--world", "simple", "--json"])
     assert result.exit_code == 0, result.output
-    assert seen["world"] == "simple"
-    assert ToyBenchConfig().world == "hard"
+    assert seen == {"world": "simple", "prompt": "instruction"}
+    assert (ToyBenchConfig().world, ToyBenchConfig().prompt) == (DEFAULT_WORLD, "instruction")
+    assert runner.invoke(app, ["eval", "--bench", "toy", "--prompt", "description", "--json"]).exit_code == 0
+    assert seen == {"world": DEFAULT_WORLD, "prompt": "description"}
     with pytest.raises(Exception, match="world"):
         ToyBenchConfig(world="medium").validate()
 

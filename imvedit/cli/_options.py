@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from ..toy.world import DEFAULT_WORLD, WORLDS
+
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print the result as strict JSON on stdout (a batch: one object per job).")
 ]
@@ -29,3 +31,12 @@ def model_option(default: str):
 def adapter_option(default: str):
     """--adapter: which adapter, with the command's own default."""
     return typer.Option("--adapter", help=f"An adapter .safetensors or a run folder. (default: {default})")
+
+
+def world_option(applies_to: str):
+    """--world: which shapes world, defaulting to the bundled base's."""
+    return typer.Option(
+        "--world",
+        help=f"{applies_to}: the shapes world, one of {', '.join(WORLDS)} ('simple': one large object, 'hard': "
+        f"1-3 small ones). (default: {DEFAULT_WORLD}, the bundled base's)",
+    )

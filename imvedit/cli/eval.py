@@ -6,8 +6,9 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..toy.world import DEFAULT_WORLD
 from ._common import emit, err_console, fail, progress_bar, run
-from ._options import JsonOutput, adapter_option, model_option
+from ._options import JsonOutput, adapter_option, model_option, world_option
 
 
 def eval_(
@@ -73,9 +74,10 @@ def eval_(
     ),
     guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
     prompt: str = typer.Option(
-        "description",
+        "instruction",
         "--prompt",
-        help="--bench: feed the cross-attention the 'description' of the result or the 'instruction'.",
+        help="--bench: feed the cross-attention the 'instruction' (what `imvedit edit` does) or the edited clip's "
+        "'description'.",
     ),
     arch: str | None = typer.Option(
         None, "--arch", help="--bench: sdedit (no adapter) or per-frame (an imvedit adapter frame by frame)."
@@ -83,9 +85,7 @@ def eval_(
     strength: float | None = typer.Option(
         None, "--strength", help="--bench: below 1, start from the noised source. (default: 1; 0.7 with sdedit)"
     ),
-    world: str = typer.Option(
-        "hard", "--world", help="--bench: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
-    ),
+    world: Annotated[str, world_option("--bench")] = DEFAULT_WORLD,
     report: Path | None = typer.Option(
         None, "--report", help="Folder for metrics.json (and, with --bench, contact sheets)."
     ),

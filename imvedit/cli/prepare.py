@@ -5,8 +5,9 @@ from typing import Annotated
 
 import typer
 
+from ..toy.world import DEFAULT_WORLD
 from ._common import emit, fail, progress_bar, run
-from ._options import JsonOutput, Overwrite, model_option
+from ._options import JsonOutput, Overwrite, model_option, world_option
 
 
 def prepare(
@@ -37,9 +38,7 @@ def prepare(
     toy_frames: int = typer.Option(
         1, "--toy-frames", help="toy: frames per pair; 1 renders image pairs, 4k+1 (e.g. 17) video pairs."
     ),
-    world: str = typer.Option(
-        "hard", "--world", help="toy: the shapes world, 'hard' (the bundled base's) or 'simple' (one large object)."
-    ),
+    world: Annotated[str, world_option("toy")] = DEFAULT_WORLD,
     overwrite: Overwrite = False,
     json_out: JsonOutput = False,
 ) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 from .. import __version__
 from ..errors import UsageError
 from ..models.bases import load_base
-from ..toy.world import WORLDS
+from ..toy.world import DEFAULT_WORLD, WORLDS
 from .cache import build_cache
 from .sources import PRESETS, TOY_SOURCE, Source, is_hub_id, open_rgb, read_source
 
@@ -58,7 +58,7 @@ class PrepareConfig:
     # frames per rendered toy pair: 1 = image pairs; 4k + 1 (e.g. 17) = video pairs, each clip stored as one
     # lossless PNG strip of its frames stacked top to bottom (for the video-trained `concat` baseline)
     toy_frames: int = 1
-    toy_world: str = "hard"  # which shapes world toy pairs come from (imvedit/toy/world.py): "hard" or "simple"
+    toy_world: str = DEFAULT_WORLD  # which shapes world toy pairs come from (imvedit/toy/world.py WORLDS)
     cache_model: str | None = None  # also cache VAE latents and text embeddings made by this base
     split: str = "train"  # hub datasets: the split to read
     revision: str | None = None  # hub datasets: a branch, tag or commit (pin it for reproducible data)
@@ -75,7 +75,7 @@ class PrepareConfig:
                 raise UsageError(f"Unknown world {self.toy_world!r}.", f"Use --world {' or '.join(WORLDS)}.")
         elif self.toy_frames != 1:
             raise UsageError("--toy-frames applies to the toy source only.", "Drop --toy-frames.")
-        elif self.toy_world != "hard":
+        elif self.toy_world != DEFAULT_WORLD:
             raise UsageError("--world applies to the toy source only.", "Drop --world.")
         elif not Path(self.source).exists() and not is_hub_id(self.source):
             raise UsageError(

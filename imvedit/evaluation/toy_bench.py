@@ -34,7 +34,7 @@ from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
 from ..models.loading import load_model
 from ..models.wan import normalize_latents, video_to_tensor
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline, upsample_gate
-from ..toy.world import EDIT_KINDS, LOCAL_KINDS, WORLDS, sample_example
+from ..toy.world import DEFAULT_WORLD, EDIT_KINDS, LOCAL_KINDS, WORLDS, sample_example
 from .images import contact_sheet
 from .metrics import psnr, temporal_error
 
@@ -65,11 +65,11 @@ class ToyBenchConfig:
     edits: tuple[str, ...] = ()  # edit kinds to draw from (default: all)
     steps: int = 20  # denoising steps
     guidance: float = 3.0  # text guidance
-    prompt: str = "description"  # what feeds the cross-attention: the edited clip's description or the instruction
+    prompt: str = "instruction"  # what the cross-attention reads: the instruction (as `imvedit edit`) or "description"
     report: Path | None = None  # folder for contact sheets and metrics.json
     arch: str | None = None  # "sdedit" (no adapter) or "per-frame" (an imvedit adapter frame by frame)
     strength: float | None = None  # < 1 starts from the noised source (default: 1, or 0.7 with sdedit)
-    world: str = "hard"  # which shapes world the clips come from (imvedit/toy/world.py): "hard" or "simple"
+    world: str = DEFAULT_WORLD  # which shapes world the clips come from (imvedit/toy/world.py WORLDS)
 
     def validate(self) -> None:
 
