@@ -93,8 +93,11 @@ def test_text_stage_trains_then_freezes_the_encoder_and_reports_a_held_out_probe
 
 
 def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, monkeypatch):
+    """...and the base it writes samples with the noise shift it trained with, not its --init base's."""
     config, args = _small_config(tmp_path)
     pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    scheduler = tmp_path / "vae" / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "shift": 7.0}))
     run = [*args, "--stage", "transformer", "--init", str(tmp_path / "vae"), "-o"]
     pretrain.main([*run, str(tmp_path / "whole")])
 
@@ -107,6 +110,9 @@ def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, mo
     resumed = load_base(str(tmp_path / "resumed"), torch_dtype=torch.float32).transformer.state_dict()
     for name, a in whole.items():
         assert torch.allclose(a, resumed[name], atol=1e-6), name
+    shifts = {json.loads((tmp_path / d / "scheduler" / "scheduler_config.json").read_text())["shift"]
+              for d in ("whole", "resumed")}  # fmt: skip
+    assert shifts == {config["transformer"]["flow_shift"]} != {7.0}
 
 
 def test_binding_reads_the_colour_and_shape_of_a_rendered_object_back():

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..evaluation.metrics import psnr
 from ..evaluation.toy_bench import BENCH_SEED_OFFSET
@@ -288,6 +289,8 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
             _save_checkpoint(checkpoint, {**state, "losses": losses, "step": step, "seconds": time.time() - start})
     model.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
+    # the base samples with the noise levels it trained on (a base from --init keeps its own scheduler otherwise)
+    base.scheduler = FlowMatchEulerDiscreteScheduler.from_config(base.scheduler.config, shift=c["flow_shift"])
     return {
         "transformer_seconds": round(time.time() - start, 1),
         "transformer_final_loss": sum(losses) / max(1, len(losses)),
