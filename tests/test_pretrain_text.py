@@ -149,3 +149,23 @@ def test_decoder_stage_trains_the_decoder_and_leaves_every_latent_as_it_was(tmp_
     with torch.no_grad():
         assert torch.equal(before.encode(x).latent_dist.mode(), after.encode(x).latent_dist.mode())
     assert after.config.latents_mean == before.config.latents_mean  # the same statistics, measured again
+
+
+def test_binding_skips_every_caption_the_transformer_stage_trained_on(tmp_path, monkeypatch, capsys):
+    import imvedit.toy.binding as binding
+
+    config, args = _small_config(tmp_path)
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    base = load_base(str(tmp_path / "vae"), torch_dtype=torch.float32)
+    _, trained = pretrain.build_latent_dataset(base, config, config["transformer"]["dataset_clips"], 1)
+    seen = {}
+
+    def fake(base, samples, steps, exclude):
+        seen["exclude"] = exclude
+        return {"samples": samples}
+
+    monkeypatch.setattr(binding, "binding_report", fake)
+    capsys.readouterr()  # what pretraining printed
+    binding.main([str(tmp_path / "vae"), "--config", args[1], "--json"])
+    assert seen["exclude"] == set(trained) and len(trained) == config["transformer"]["dataset_clips"]
+    assert json.loads(capsys.readouterr().out)["held_out"] is True

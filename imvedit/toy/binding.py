@@ -1,11 +1,12 @@
 """Does the pretrained toy base draw what a caption names? Its binding on the simple world, measured.
 
-    python -m imvedit.toy.binding BASE_DIR [--samples 24] [--json]
+    python -m imvedit.toy.binding BASE_DIR [--config PRETRAIN_CONFIG] [--samples 24] [--json]
 
 For captions the base never trained on, the base draws a clip from noise (text to video, no adapter), and each
 frame is read back: the object is every pixel far from the background the caption names (rendered exactly),
 its colour the palette colour nearest to its median pixel, its shape the template (rendered at the mask's
 centre, over a few sizes) with the best IoU. A sample binds a colour or a shape when most of its frames do.
+With the pretraining config, every caption of the transformer stage's training clips is skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from ..models.bases import load_base
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
+from .bundle import load_config
+from .pretrain import dataset_scenes
 from .world import PALETTE, SIMPLE_SHAPES, SQUARE_HALF, Obj, Scene, caption, coverage, render_background, sample_scene
 
 OBJECT_DISTANCE = 60.0  # RGB distance (0-255) from the named background that makes a pixel the object's
@@ -82,11 +85,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="a pretrained toy base folder (pretrain.py's output)")
+    parser.add_argument("--config", help="the pretraining config: skip the captions its transformer stage trained on")
     parser.add_argument("--samples", type=int, default=24)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="the whole report, rows included")
     args = parser.parse_args(argv)
-    report = binding_report(load_base(args.base, torch_dtype=torch.float32), args.samples, steps=args.steps)
+    trained = {caption(s) for s in dataset_scenes(load_config(args.config))} if args.config else None
+    base = load_base(args.base, torch_dtype=torch.float32)
+    report = binding_report(base, args.samples, steps=args.steps, exclude=trained)
+    report["held_out"] = trained is not None
     if args.json:
         print(json.dumps(report))
     else:

@@ -235,13 +235,21 @@ def _style_scene(rng: np.random.Generator, world: str = DEFAULT_WORLD):
     return scene
 
 
+def dataset_scenes(config: dict, n: int | None = None) -> list:
+    """The scenes the transformer stage trains on (`transformer.dataset_clips` of them), from the config alone:
+    a report can tell captions the base trained on from held-out ones without rendering anything."""
+    count = config["transformer"]["dataset_clips"] if n is None else n
+    rng = np.random.default_rng(config["seed"] + 12345)
+    return [_style_scene(rng, _world(config)) for _ in range(count)]
+
+
 @torch.no_grad()
 def build_latent_dataset(base, config: dict, n: int, frames: int) -> tuple[torch.Tensor, list[str]]:
     """Render and encode `n` captioned clips once; training then samples them (and their first frames)."""
-    rng = np.random.default_rng(config["seed"] + 12345)
+    every = dataset_scenes(config, n)
     latents, captions = [], []
     for start in range(0, n, 16):
-        scenes = [_style_scene(rng, _world(config)) for _ in range(min(16, n - start))]
+        scenes = every[start : start + 16]
         x = torch.stack([_to_tensor(render(s, frames, config["size"])) for s in scenes])
         latents.append(normalize_latents(base.vae, base.vae.encode(x).latent_dist.mode()).half())
         captions += [caption(s) for s in scenes]
