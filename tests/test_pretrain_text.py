@@ -117,7 +117,7 @@ def test_transformer_stage_resumes_to_the_same_weights_after_a_kill(tmp_path, mo
 
 def test_binding_reads_the_colour_and_shape_of_a_rendered_object_back():
     """The base's binding report reads objects off frames: on frames the world renders it must be exact."""
-    from imvedit.toy.binding import read_object
+    from imvedit.toy.reading import read_object
     from imvedit.toy.world import SIMPLE_SHAPES, render
 
     rng = np.random.default_rng(0)

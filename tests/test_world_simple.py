@@ -1,5 +1,6 @@
 """The simple world (imvedit/toy/world.py): one large object per scene, edits whose free words are the new attribute."""
 
+import copy
 import re
 from dataclasses import fields
 
@@ -171,3 +172,34 @@ def test_instructions_name_only_the_shape_and_the_new_attribute():
         if ex.kind in ("recolor", "remove", "replace", "background"):
             assert not re.search(r"the \w+ (circle|square|triangle)", ex.instruction)
     assert seen == set(EDIT_KINDS)
+
+
+def test_read_edit_reads_each_default_edit_off_the_rendered_ground_truth():
+    """The default edits' checks (tests/benchmarks/bench_default_edit.py) read the right answer off exact
+    renders of each edit, and the opposite off the unedited clip."""
+    from imvedit.toy.reading import read_edit
+
+    scene = Scene(
+        Background("flat", "green", "green"), [Obj("circle", "blue", 0.4, 0.45, 0.02, 0.01, 0.58)], world="simple"
+    )
+    source = render(scene, 9, SIZE)
+
+    def edited(**change) -> np.ndarray:
+        target = copy.deepcopy(scene)
+        if "color" in change:
+            target.objects[0].color = change["color"]
+        if change.get("remove"):
+            target.objects = []
+        if "background" in change:
+            target.background = Background("flat", change["background"], change["background"])
+        target.style = change.get("style")
+        return render(target, 9, SIZE)
+
+    same = read_edit(source, source, scene)
+    assert same["object_to_color"] == same["object_to_background"] == same["background_to"] == 0.0
+    assert same["object_kept"] == 1.0 and same["rest_psnr"] == float("inf") and same["max_saturation"] > 0.5
+    assert read_edit(source, edited(color="red"), scene)["object_to_color"] == 1.0
+    assert read_edit(source, edited(remove=True), scene)["object_to_background"] == 1.0
+    pink = read_edit(source, edited(background="pink"), scene)
+    assert pink["background_to"] == 1.0 and pink["object_kept"] == 1.0 and pink["rest_psnr"] < 15
+    assert read_edit(source, edited(style="black and white"), scene)["max_saturation"] <= 0.1

@@ -21,38 +21,8 @@ from ..models.bases import load_base
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .bundle import load_config
 from .pretrain import dataset_scenes
-from .world import PALETTE, SIMPLE_SHAPES, SQUARE_HALF, Obj, Scene, caption, coverage, render_background, sample_scene
-
-OBJECT_DISTANCE = 60.0  # RGB distance (0-255) from the named background that makes a pixel the object's
-_SCALES = np.linspace(0.8, 1.25, 10)  # template sizes tried around the mask's own extent
-
-
-def read_object(frame: np.ndarray, scene: Scene) -> dict:
-    """The object of one uint8 frame (h, w, 3) drawn for `scene`'s caption: its colour, shape and IoU."""
-    size = frame.shape[0]
-    background = render_background(scene.background, size)
-    mask = np.linalg.norm(frame.astype(float) - background, axis=-1) > OBJECT_DISTANCE
-    if mask.sum() < 0.02 * mask.size:
-        return {"color": None, "shape": None, "iou": 0.0, "area": float(mask.mean())}
-    rgb = np.median(frame[mask].astype(float), axis=0)
-    color = min(PALETTE, key=lambda c: np.linalg.norm(rgb - np.array(PALETTE[c])))
-    ys, xs = np.nonzero(mask)
-    centre = ((xs.min() + xs.max() + 1) / 2 / size, (ys.min() + ys.max() + 1) / 2 / size)
-    extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / size
-    best = max(
-        (_iou(mask, _template(shape, centre, extent * s, size)), shape) for shape in SIMPLE_SHAPES for s in _SCALES
-    )
-    return {"color": color, "shape": best[1], "iou": round(float(best[0]), 3), "area": round(float(mask.mean()), 3)}
-
-
-def _template(shape: str, centre: tuple[float, float], extent: float, size: int) -> np.ndarray:
-    """`shape` drawn at `centre` with a bounding box `extent` across (canvas units), as a boolean mask."""
-    across = extent / SQUARE_HALF if shape == "square" else extent  # a square's side is that share of its size
-    return coverage(Obj(shape, "white", *centre, 0.0, 0.0, across), 0, size, world="simple") > 0.5
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return (a & b).sum() / max(1, (a | b).sum())
+from .reading import read_object
+from .world import caption, sample_scene
 
 
 @torch.no_grad()

@@ -23,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from imvedit.evaluation.metrics import psnr
-from imvedit.toy.world import PALETTE, coverage
+from imvedit.toy.reading import read_edit
 from imvedit.video.io import read_video
 
 EDITS = ("make the circle red", "remove the circle", "make the background pink", "make it black and white")
@@ -37,39 +34,6 @@ def _scene(clip: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SCENE
-
-
-def _closer(rgb: np.ndarray, a: str, b: str) -> bool:
-    """Is the mean colour `rgb` (0-255) closer to palette colour `a` than to `b`?"""
-    return np.linalg.norm(rgb - PALETTE[a]) < np.linalg.norm(rgb - PALETTE[b])
-
-
-def _saturation(rgb: np.ndarray) -> float:
-    hi, lo = rgb.max(), rgb.min()
-    return float((hi - lo) / hi) if hi > 0 else 0.0
-
-
-def read_edit(source: np.ndarray, edited: np.ndarray, scene) -> dict:
-    """What the edit did, per region of the clip's one object (masks from the scene that rendered it)."""
-    (obj,) = [o for o in scene.objects if o.shape == "circle"] or scene.objects[:1]
-    size = source.shape[1]
-    inside = np.stack([coverage(obj, t, size, scene.world) > 0.5 for t in range(len(source))])
-    outside = np.stack(
-        [~(sum(coverage(o, t, size, scene.world) for o in scene.objects) > 0.01) for t in range(len(source))]
-    )
-    obj_rgb = [edited[t][inside[t]].astype(float).mean(0) for t in range(len(edited))]
-    bg_rgb = [edited[t][outside[t]].astype(float).mean(0) for t in range(len(edited))]
-    bg = scene.background.color
-    return {
-        "object_red_not_blue": float(np.mean([_closer(c, "red", obj.color) for c in obj_rgb])),
-        "object_background_not_blue": float(np.mean([_closer(c, bg, obj.color) for c in obj_rgb])),
-        "object_stays_blue_not_pink": float(np.mean([_closer(c, obj.color, "pink") for c in obj_rgb])),
-        "background_pink_not_green": float(np.mean([_closer(c, "pink", bg) for c in bg_rgb])),
-        "rest_psnr": psnr(edited / 255.0, source / 255.0, np.repeat(~inside[..., None], 3, -1)),
-        "max_saturation": max(
-            max(_saturation(c / 255.0) for c in obj_rgb), max(_saturation(c / 255.0) for c in bg_rgb)
-        ),
-    }
 
 
 def main() -> None:
