@@ -259,3 +259,10 @@ def test_frame_independent_vae_gives_each_frame_its_latent_alone_and_resumes(tmp
     report = json.loads((tmp_path / "resumed" / "pretrain_report.json").read_text())["codec"]
     assert set(report["edit_region_psnr_ceiling"]) == {"recolor", "replace", "remove", "add", "background", "global"}
     assert report["clip_vs_alone_rms"] < 1e-4
+
+
+def test_the_weights_shipped_in_the_package_stay_under_25_mb():
+    """Everything under imvedit/assets ships in every install: the bundled base, its adapter, whatever else."""
+    assets = SHAPES_WAN_DIR.parent
+    total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert 0 < total <= 25_000_000, f"imvedit/assets holds {total / 1e6:.1f} MB"
