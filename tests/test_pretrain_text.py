@@ -169,3 +169,33 @@ def test_binding_skips_every_caption_the_transformer_stage_trained_on(tmp_path, 
     binding.main([str(tmp_path / "vae"), "--config", args[1], "--json"])
     assert seen["exclude"] == set(trained) and len(trained) == config["transformer"]["dataset_clips"]
     assert json.loads(capsys.readouterr().out)["held_out"] is True
+
+
+def test_transformer_stage_saves_its_weight_average_and_resumes_it(tmp_path, monkeypatch):
+    """With `transformer.ema_decay` the stage saves the moving average of its weights (not the last step's),
+    and a killed run resumes the average too, to the same weights."""
+    config, args = _small_config(tmp_path)
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    plain = [*args, "--stage", "transformer", "--init", str(tmp_path / "vae"), "-o"]
+    pretrain.main([*plain, str(tmp_path / "plain")])
+    config["transformer"]["ema_decay"] = 0.9
+    (tmp_path / "ema.yaml").write_text(yaml.safe_dump(config))
+    run = [
+        "--config",
+        str(tmp_path / "ema.yaml"),
+        *args[2:],
+        "--stage",
+        "transformer",
+        "--init",
+        str(tmp_path / "vae"),
+        "-o",
+    ]
+    pretrain.main([*run, str(tmp_path / "whole")])
+    run_killed_then_resumed(
+        monkeypatch, pretrain, "_transformer_step", 3, lambda: pretrain.main([*run, str(tmp_path / "resumed")])
+    )
+    weights = {d: load_base(str(tmp_path / d), torch_dtype=torch.float32).transformer.state_dict()
+               for d in ("plain", "whole", "resumed")}  # fmt: skip
+    for name, a in weights["whole"].items():
+        assert torch.allclose(a, weights["resumed"][name], atol=1e-6), name
+    assert any(not torch.allclose(a, weights["plain"][n]) for n, a in weights["whole"].items())

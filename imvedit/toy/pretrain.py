@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import EMAModel
 
 from ..evaluation.metrics import psnr
 from ..evaluation.toy_bench import BENCH_SEED_OFFSET
@@ -271,11 +272,15 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
     opt = torch.optim.AdamW(params, lr=c["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, c["steps"], 200))
     gen = torch.Generator().manual_seed(config["seed"] + 1)
+    # An average of the weights over the last ~1/(1 - decay) steps: what the stage saves, when asked for
+    ema = EMAModel(params, decay=c["ema_decay"], use_ema_warmup=True) if c.get("ema_decay") else None
     losses, first, elapsed = [], 0, 0.0
     if checkpoint is not None and checkpoint.exists():  # resume: same dataset (seeded), same sample stream
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         for name, module in trained.items():
             module.load_state_dict(state[name])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["generator"])
@@ -285,6 +290,8 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
     for step in range(first, c["steps"]):
         loss = _transformer_step(base, c, latents, captions, gen, train_text, short)
         optimizer_step(loss, opt, sched, params)
+        if ema is not None:
+            ema.step(params)
         losses = [*losses[-199:], loss.item()]
         if step % 100 == 0 or step == c["steps"] - 1:
             mean = sum(losses[-100:]) / len(losses[-100:])
@@ -294,7 +301,10 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
         if _due(checkpoint, step, c):
             state = {name: module.state_dict() for name, module in trained.items()}
             state.update(opt=opt.state_dict(), sched=sched.state_dict(), generator=gen.get_state())
+            state.update({"ema": ema.state_dict()} if ema is not None else {})
             _save_checkpoint(checkpoint, {**state, "losses": losses, "step": step, "seconds": time.time() - start})
+    if ema is not None:
+        ema.copy_to(params)
     model.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     # the base samples with the noise levels it trained on (a base from --init keeps its own scheduler otherwise)
