@@ -180,16 +180,7 @@ def test_transformer_stage_saves_its_weight_average_and_resumes_it(tmp_path, mon
     pretrain.main([*plain, str(tmp_path / "plain")])
     config["transformer"]["ema_decay"] = 0.9
     (tmp_path / "ema.yaml").write_text(yaml.safe_dump(config))
-    run = [
-        "--config",
-        str(tmp_path / "ema.yaml"),
-        *args[2:],
-        "--stage",
-        "transformer",
-        "--init",
-        str(tmp_path / "vae"),
-        "-o",
-    ]
+    run = ["--config", str(tmp_path / "ema.yaml"), *plain[2:]]  # the same run, the config with the average
     pretrain.main([*run, str(tmp_path / "whole")])
     run_killed_then_resumed(
         monkeypatch, pretrain, "_transformer_step", 3, lambda: pretrain.main([*run, str(tmp_path / "resumed")])
