@@ -152,7 +152,7 @@ def test_long_clip_is_edited_in_windows_without_a_seam():
 
     base, _ = load_model(SHAPES_WAN, None, torch.device("cpu"), torch.float32)
     window = base.window_frames
-    video = render(sample_scene(np.random.default_rng(5), n_objects=2), frames=3 * window, size=64)
+    video = render(sample_scene(np.random.default_rng(5), n_objects=2, world="hard"), frames=3 * window, size=64)
 
     pipe = ImVideoEditPipeline.from_base(base)
     pipe.set_progress_bar_config(disable=True)

@@ -1,3 +1,6 @@
+"""The hard shapes world (1-3 small objects), named explicitly: the default world is the bundled base's, and
+the simple world has its own tests (test_world_simple.py)."""
+
 import re
 from dataclasses import fields
 
@@ -31,7 +34,7 @@ def _edits(n):
     while len(out) < n:
         rng = np.random.default_rng(seed)
         kind = EDIT_KINDS[seed % len(EDIT_KINDS)]
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world="hard")
         seed += 1
         try:
             out.append(sample_edit(scene, rng, kind))
@@ -41,21 +44,21 @@ def _edits(n):
 
 
 def test_same_seed_is_byte_identical_and_seeds_differ():
-    a, b = sample_example(11, frames=5, size=32), sample_example(11, frames=5, size=32)
+    a, b = sample_example(11, frames=5, size=32, world="hard"), sample_example(11, frames=5, size=32, world="hard")
     for f in fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
         if isinstance(x, np.ndarray):
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
         else:
             assert x == y
-    sources = [sample_example(s, frames=5, size=32).source.tobytes() for s in range(8)]
+    sources = [sample_example(s, frames=5, size=32, world="hard").source.tobytes() for s in range(8)]
     assert len(set(sources)) == len(sources)
 
 
 @pytest.mark.parametrize("kind", EDIT_KINDS)
 def test_mask_is_exact_and_nonempty(kind):
     for seed in range(6):
-        ex = sample_example(seed, frames=9, size=48, kinds=(kind,))
+        ex = sample_example(seed, frames=9, size=48, kinds=(kind,), world="hard")
         assert ex.kind == kind
         assert ex.mask.dtype == bool and ex.mask.shape == ex.source.shape[:3]
         assert np.array_equal(ex.mask, (ex.target != ex.source).any(-1))
@@ -73,7 +76,7 @@ def test_mask_is_exact_and_nonempty(kind):
 def test_every_kind_renders_at_every_size(kind):
     for frames in (1, 17):
         for size in (32, 64, 96):
-            ex = sample_example(100 + size, frames=frames, size=size, kinds=(kind,))
+            ex = sample_example(100 + size, frames=frames, size=size, kinds=(kind,), world="hard")
             assert ex.source.shape == ex.target.shape == (frames, size, size, 3)
             assert ex.source.dtype == ex.target.dtype == np.uint8
             assert ex.mask.shape == (frames, size, size)
@@ -81,10 +84,10 @@ def test_every_kind_renders_at_every_size(kind):
 
 def test_impossible_kind_raises_and_source_is_untouched():
     rng = np.random.default_rng(0)
-    one = sample_scene(rng, n_objects=1)
+    one = sample_scene(rng, n_objects=1, world="hard")
     with pytest.raises(ValueError):
         sample_edit(one, rng, "remove")
-    three = sample_scene(rng, n_objects=3)
+    three = sample_scene(rng, n_objects=3, world="hard")
     with pytest.raises(ValueError):
         sample_edit(three, rng, "add")
     before = repr(one)
@@ -123,7 +126,7 @@ def test_motion_follows_velocity_and_bounces_inside_canvas():
 def test_recolor_changes_only_where_the_object_is():
     for seed in range(10):
         rng = np.random.default_rng(seed)
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, world="hard")
         edit = sample_edit(scene, rng, "recolor")
         (i,) = [
             i
@@ -131,8 +134,8 @@ def test_recolor_changes_only_where_the_object_is():
             if a.color != b.color
         ]
         ex = render_edit(edit, frames=9, size=48)
-        alone = Scene(scene.background, [scene.objects[i]])
-        footprint = (render(alone, 9, 48) != render(Scene(scene.background, []), 9, 48)).any(-1)
+        alone = Scene(scene.background, [scene.objects[i]], world=scene.world)
+        footprint = (render(alone, 9, 48) != render(Scene(scene.background, [], world=scene.world), 9, 48)).any(-1)
         assert ex.mask.any()
         assert not (ex.mask & ~footprint).any()  # per frame, changes lie on the object's source position
 
@@ -166,7 +169,7 @@ def test_vocabulary_covers_every_caption_and_instruction():
 
 def test_captions_describe_objects_background_and_style():
     for seed in range(30):
-        scene = sample_scene(np.random.default_rng(seed))
+        scene = sample_scene(np.random.default_rng(seed), world="hard")
         text = caption(scene)
         for o in scene.objects:
             assert f"{o.color} {o.shape}" in text
@@ -178,7 +181,7 @@ def test_captions_describe_objects_background_and_style():
 
 
 def test_black_and_white_is_grey_and_frames_match_the_video():
-    scene = sample_scene(np.random.default_rng(3))
+    scene = sample_scene(np.random.default_rng(3), world="hard")
     scene.style = "black and white"
     frame = render_frame(scene, 4, 40)
     assert frame.dtype == np.uint8 and (frame[..., 0] == frame[..., 1]).all() and (frame[..., 1] == frame[..., 2]).all()
@@ -193,7 +196,7 @@ def test_hard_world_draws_the_scenes_it_always_drew():
     digest = hashlib.sha256()
     for seed in range(60):
         rng = np.random.default_rng(seed)
-        edit = sample_edit(sample_scene(rng), rng, None)
+        edit = sample_edit(sample_scene(rng, world="hard"), rng, None)
         for s in (edit.source, edit.target):
             bg, objs = s.background, [(o.shape, o.color, o.x, o.y, o.vx, o.vy, o.size) for o in s.objects]
             digest.update(repr((edit.kind, edit.instruction, bg.kind, bg.color, bg.color2, s.style, objs)).encode())

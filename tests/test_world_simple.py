@@ -73,7 +73,7 @@ def test_same_seed_is_byte_identical_and_seeds_differ():
         assert x.tobytes() == y.tobytes() if isinstance(x, np.ndarray) else x == y
     sources = [sample_example(s, frames=5, size=32, world="simple").source.tobytes() for s in range(8)]
     assert len(set(sources)) == len(sources)
-    assert sample_example(11, frames=5, size=32).source.tobytes() != a.source.tobytes()  # the default is hard
+    assert sample_example(11, frames=5, size=32, world="hard").source.tobytes() != a.source.tobytes()
 
 
 @pytest.mark.parametrize("kind", EDIT_KINDS)
