@@ -4,6 +4,7 @@ transformer stage."""
 import json
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import run_killed_then_resumed
@@ -19,7 +20,7 @@ from imvedit.toy.pretrain_text import (
     probe,
     sample_texts,
 )
-from imvedit.toy.world import Background, Edit, Obj, Scene, sample_edit, sample_scene
+from imvedit.toy.world import Background, Edit, Obj, Scene, caption, sample_edit, sample_scene
 
 
 def _scene(shape="circle", color="blue", bg="green"):
@@ -158,17 +159,27 @@ def test_binding_skips_every_caption_the_transformer_stage_trained_on(tmp_path, 
     pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
     base = load_base(str(tmp_path / "vae"), torch_dtype=torch.float32)
     _, trained = pretrain.build_latent_dataset(base, config, config["transformer"]["dataset_clips"], 1)
+    # --trained draws exactly those captions instead, in the stage's order, from the real pipeline
+    scenes = pretrain.dataset_scenes(config)
+    drawn = binding.binding_report(base, samples=2, frames=1, steps=1, scenes=scenes)
+    assert [r["caption"] for r in drawn["rows"]] == [caption(s) for s in scenes if s.objects][:2]
     seen = {}
 
-    def fake(base, samples, steps, exclude):
-        seen["exclude"] = exclude
+    def fake(base, samples, steps, exclude, scenes):
+        seen.update(exclude=exclude, scenes=scenes)
         return {"samples": samples}
 
     monkeypatch.setattr(binding, "binding_report", fake)
     capsys.readouterr()  # what pretraining printed
     binding.main([str(tmp_path / "vae"), "--config", args[1], "--json"])
     assert seen["exclude"] == set(trained) and len(trained) == config["transformer"]["dataset_clips"]
-    assert json.loads(capsys.readouterr().out)["held_out"] is True
+    assert seen["scenes"] is None and json.loads(capsys.readouterr().out)["held_out"] is True
+    binding.main([str(tmp_path / "vae"), "--config", args[1], "--trained", "--json"])
+    assert seen["exclude"] is None and [caption(s) for s in seen["scenes"]] == trained
+    report = json.loads(capsys.readouterr().out)
+    assert report["held_out"] is False and report["trained_captions"] is True
+    with pytest.raises(SystemExit):
+        binding.main([str(tmp_path / "vae"), "--trained"])  # which captions it was taught needs the config
 
 
 def test_transformer_stage_saves_its_weight_average_and_resumes_it(tmp_path, monkeypatch):
