@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.trained and not args.config:
         parser.error("--trained needs --config, the pretraining config whose captions to draw")
     scenes = dataset_scenes(load_config(args.config)) if args.config else None
-    trained = {caption(s) for s in scenes} if scenes is not None and not args.trained else None
+    draw = scenes if args.trained else None  # the trained captions themselves ...
+    trained = {caption(s) for s in scenes} if scenes is not None and draw is None else None  # ... or skip them
     base = load_base(args.base, torch_dtype=torch.float32)
-    report = binding_report(
-        base, args.samples, steps=args.steps, exclude=trained, scenes=scenes if args.trained else None
-    )
+    report = binding_report(base, args.samples, steps=args.steps, exclude=trained, scenes=draw)
     report["held_out"] = trained is not None
     report["trained_captions"] = args.trained
     if args.json:
