@@ -34,6 +34,8 @@ def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tm
     assert by["per-frame"]["trainable_parameters"] == by["imvedit"]["trainable_parameters"]  # the same adapter
     page = (report / "results.md").read_text()
     assert "Quick mode" in page and results["machine"]["torch"] in page
+    unedited = results["rows"][0]["edit_region_psnr_unedited"]  # the setup says what doing nothing scores
+    assert math.isfinite(unedited) and f"the unedited source {unedited:.2f} dB" in page.replace("\n", " ")
     for name in VARIANT_NAMES:
         assert f"| {name} |" in page
     for claim in ("**1.", "**2.", "**3."):

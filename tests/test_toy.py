@@ -10,9 +10,16 @@ from conftest import run_killed_then_resumed
 from typer.testing import CliRunner
 
 from imvedit.cli.main import app
-from imvedit.evaluation.toy_bench import ToyBenchConfig, gate_iou, gate_iou_ceiling, run_toy_bench
+from imvedit.evaluation.metrics import psnr
+from imvedit.evaluation.toy_bench import (
+    BENCH_SEED_OFFSET,
+    ToyBenchConfig,
+    gate_iou,
+    gate_iou_ceiling,
+    run_toy_bench,
+)
 from imvedit.models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, SHAPES_WAN_DIR, load_base
-from imvedit.toy.world import DEFAULT_WORLD
+from imvedit.toy.world import DEFAULT_WORLD, sample_example
 
 runner = CliRunner()
 bundled = pytest.mark.skipif(not SHAPES_WAN_ADAPTER.exists(), reason="this build has no toy edit adapter")
@@ -66,6 +73,12 @@ def test_bench_runs_on_any_base_and_writes_contact_sheets(tmp_path):
     assert result["clips"] == 3 and set(result["per_kind"]) <= {"recolor", "global"}
     for key in ("edit_psnr", "temporal_error", "edit_psnr_ceiling", "edit_region_psnr_ceiling", "temporal_error_floor"):
         assert result["overall"][key] is not None and math.isfinite(result["overall"][key])
+    # doing nothing: each clip's source against its ground truth inside the mask, the clips drawn as the bench draws
+    rows = json.loads((tmp_path / "metrics.json").read_text())["per_clip"]
+    for i, row in enumerate(rows):
+        ex = sample_example(BENCH_SEED_OFFSET + i, frames=5, size=32, kinds=("recolor", "global"))
+        assert row["edit_region_psnr_unedited"] == pytest.approx(psnr(ex.source, ex.target, ex.mask))
+        assert row["edit_region_psnr_unedited"] < 30  # the region really changes
     assert result["overall"]["gate_iou"] is None and result["arch"] is None  # no adapter: the base alone
     # an ideal gate's score is reported on local edits even without a gate, and only there
     assert 0.0 < result["per_kind"]["recolor"]["gate_iou_ceiling"] < 1.0

@@ -384,7 +384,9 @@ video pairs for `concat-video`), seed {o["seed"]}, learning rate {results["recip
 {results["recipe"]["adapter"]["rank"]}. Evaluation: `imvedit eval --bench toy` on the same {o["clips"]} held-out
 clips ({o["frames"]} frames, {o["size"]}x{o["size"]}, {o["eval_steps"]} denoising steps, text guidance 3), which
 no variant saw. The ground truth through the VAE scores edit_psnr {_f(ceiling)} dB and temporal_error
-{_f(floor, 4)}: no edit through this VAE can do better. gate_iou is over local edits only; "training s" is
+{_f(floor, 4)}: no edit through this VAE can do better. Inside the edit masks it scores edit_region_psnr
+{_f(rows[0]["edit_region_psnr_ceiling"])} dB, and the unedited source {_f(rows[0]["edit_region_psnr_unedited"])} dB: doing
+nothing. gate_iou is over local edits only; "training s" is
 wall-clock on this machine, "edit s / frame" the pipeline's time per output frame.
 
 {head}{table}

@@ -13,6 +13,8 @@ of pixels the edit changes, so the bench measures what no real dataset can:
 - `edit_psnr_ceiling`, `edit_region_psnr_ceiling`, `temporal_error_floor`: the ground truth passed
   through the VAE and back, the best any edit through this VAE could score (the region ceiling inside
   the edit mask: what the VAE itself can draw of the edited objects).
+- `edit_region_psnr_unedited`: the source itself against the ground truth inside the edit mask: what doing
+  nothing scores, so an edit_region_psnr is read between it and the ceiling.
 
 Clips are drawn from seeds disjoint from `imvedit prepare toy`'s, so the adapter never saw them.
 """
@@ -50,6 +52,7 @@ BENCH_METRICS = (
     "gate_iou_ceiling",
     "edit_psnr_ceiling",
     "edit_region_psnr_ceiling",
+    "edit_region_psnr_unedited",
     "temporal_error_floor",
 )
 
@@ -206,6 +209,7 @@ def _score_clip(pipe, ex, out) -> dict:
         "gate_iou_ceiling": gate_iou_ceiling(ex.mask, pipe.size_multiple) if local else None,
         "edit_psnr_ceiling": psnr(ceiling, target),
         "edit_region_psnr_ceiling": psnr(ceiling, target, ex.mask) if ex.mask.any() else None,
+        "edit_region_psnr_unedited": psnr(ex.source, target, ex.mask) if ex.mask.any() else None,
         "temporal_error_floor": temporal_error(ceiling, target),
     }
 
