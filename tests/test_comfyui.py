@@ -34,7 +34,11 @@ SWITCHES = [
     for values in itertools.product(
         ("pos_neg", "zero_out"), ("text", "no_text", "none"), (True, False), (True, False), (1, 2)
     )
-] + [{"cross_lora": True}, {"cross_lora": True, "ffn_lora": True, "every_k_blocks": 2}]
+] + [
+    {"cross_lora": True},
+    {"cross_lora": True, "ffn_lora": True, "every_k_blocks": 2},
+    {"text_difference": True, "cross_lora": True},
+]
 
 
 @pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: "-".join(map(str, s.values())))

@@ -53,6 +53,7 @@ def inputs(batch=1, frames=3, h=8, w=8, seed=0):
         {"gate": "no_text"},
         {"gate_mix": False},
         {"gate_source": False},
+        {"text_difference": True},
     ],
 )
 def test_fresh_adapter_leaves_the_base_output_unchanged(tiny_base, switches):
@@ -266,6 +267,29 @@ def test_bad_switches_are_refused():
         ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, branches="three")
     with pytest.raises(UsageError, match="gate"):
         ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, gate="maybe")
+    with pytest.raises(UsageError, match="gate: text"):
+        ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, text_difference=True, gate="no_text")
+
+
+def test_text_difference_carries_the_instruction_to_the_tokens(tiny_base):
+    """With only the text-difference term trained (every other adapter weight at its start, so the gate is 0.5
+    everywhere whatever the text), the pooled instruction changes the edit: the term is a path from the
+    instruction to the tokens that the gate does not provide."""
+    base = tiny_base.transformer
+    x, src, text, gate_text = inputs(frames=3)
+    t = torch.tensor([700.0])
+    model = ImVideoEditTransformer(base, ImVideoEditAdapter.for_base(base, text_difference=True, gate_mix=False))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.adapter.named_parameters():
+            if ".text_delta." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    features = model.encode_source(src, torch.zeros(1, 7, 16))
+    reference = base(x, t, text, return_dict=False)[0]
+    edited = model(x, t, text, features, gate_text)
+    assert (edited - reference).abs().max().item() > 1e-3
+    other = model(x, t, text, features, -gate_text)  # the same everything, another instruction
+    assert (other - edited).abs().max().item() > 1e-3
 
 
 def test_changed_tokens_marks_the_patches_where_the_pair_differs():

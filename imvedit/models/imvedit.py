@@ -77,6 +77,11 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         # the prompt, for bases whose frozen cross-attention does not yet draw what the text names
         cross_lora: bool = False,
         cross_rank: int = 16,  # rank of those updates
+        # a per-token map of the source and target tokens, scaled and shifted by the pooled instruction, on the
+        # changing side of the gate (sda.TextDifference): a direct path from the instruction to the tokens it
+        # changes, for bases whose cross-attention does not put a named attribute on an object (needs gate text)
+        text_difference: bool = False,
+        text_rank: int = 32,  # rank of that map
         # "imvedit"; "vifeedit" (two-way source in the sequence); "concat" (source latents on the channels of a
         # widened, zero-initialised patch embedding + LoRA on the 3D attention); "per-frame" (imvedit's adapter
         # run on each frame alone: no attention across frames)
@@ -93,7 +98,17 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         self.sda = nn.ModuleDict(
             {
                 str(i): SpatialDifferenceAttention(
-                    dim, rank, branches, aligned_difference, aligned_rank, gate, gate_dim, gate_source, gate_mix
+                    dim,
+                    rank,
+                    branches,
+                    aligned_difference,
+                    aligned_rank,
+                    gate,
+                    gate_dim,
+                    gate_source,
+                    gate_mix,
+                    text_difference,
+                    text_rank,
                 )
                 for i in self.sda_layers
             }
@@ -119,7 +134,10 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             raise UsageError(f"Unknown source_stream {c.source_stream!r}.", f"Use one of {', '.join(SOURCE_STREAMS)}.")
         if c.source_stream == "two_way" and not baseline_for(c.arch).allows_two_way:
             raise UsageError(f"source_stream two_way does not apply to arch {c.arch}.", "Drop source_stream.")
-        for name in ("rank", "aligned_rank", "gate_dim", "ffn_rank", "cross_rank", "every_k_blocks", "num_layers"):
+        if c.text_difference and c.gate != "text":
+            raise UsageError("text_difference reads the instruction through the gate.", "Set gate: text with it.")
+        names = ("rank", "aligned_rank", "gate_dim", "ffn_rank", "cross_rank", "text_rank", "every_k_blocks")
+        for name in (*names, "num_layers"):
             if getattr(c, name) < 1:
                 raise UsageError(f"Adapter option {name} must be at least 1, got {getattr(c, name)}.")
 

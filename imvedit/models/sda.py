@@ -30,6 +30,33 @@ def _compute_weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
     return w if w.dtype == dtype else w.to(dtype)
 
 
+class TextDifference(nn.Module):
+    """How a token changes, read off the source token, the target token and the pooled instruction together:
+    `up(silu(film(down_s(S) + down_x(X))))`, the instruction scaling and shifting the low-rank features (FiLM).
+
+    The attention branches see the source and target tokens but not the text; the text reaches them only
+    through the frozen base's cross-attention. A base that has not learnt to put a named colour on an object
+    (the toy's, docs/toy.md) leaves no path from "make the circle red" to the circle's tokens; this is one,
+    per token, where the gate opens. `up` starts at zero, so the adapter still starts as the base.
+    """
+
+    def __init__(self, dim: int, text_width: int, rank: int):
+        super().__init__()
+        self.source = nn.Linear(dim, rank, bias=False)
+        self.target = nn.Linear(dim, rank, bias=False)
+        self.film = nn.Linear(text_width, 2 * rank)
+        self.up = nn.Linear(rank, dim, bias=False)
+        for layer in (self.film.weight, self.film.bias, self.up.weight):
+            nn.init.zeros_(layer)
+
+    def forward(self, s_ln: torch.Tensor, x_ln: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        h = self.source(s_ln) + self.target(x_ln)
+        if text is not None:  # (batch, text_width): the gate's projection of the pooled instruction
+            scale, shift = self.film(text.to(h.dtype))[:, None].chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        return self.up(F.silu(h))
+
+
 class SpatialDifferenceAttention(nn.Module):
     """Predict-update for one transformer block, run per frame.
 
@@ -42,6 +69,7 @@ class SpatialDifferenceAttention(nn.Module):
     *Gate*: a per-token g in (0, 1) from the normalised token, the source token at the same position and
     the pooled instruction, modulated by the timestep embedding. *Update*: the target tokens get
     `g * attention_delta + (1 - g) * aligned_term` (`gate_mix`), or `g * (attention_delta + aligned_term)`.
+    With `text_difference`, a `TextDifference` term joins the attention branches on the changing side.
     """
 
     def __init__(
@@ -55,6 +83,8 @@ class SpatialDifferenceAttention(nn.Module):
         gate_dim: int,
         gate_source: bool = True,
         gate_mix: bool = True,
+        text_difference: bool = False,
+        text_rank: int = 32,
     ):
         super().__init__()
         self.gate_mode = gate
@@ -62,6 +92,7 @@ class SpatialDifferenceAttention(nn.Module):
         names = ("pos", "neg") if branches == "pos_neg" else ("delta",)
         self.branches = lora_sets(names, attention_shapes(dim), rank)
         self.aligned = LowRank(dim, dim, aligned_rank) if aligned_difference else None
+        self.text_delta = TextDifference(dim, gate_dim, text_rank) if text_difference else None
         if gate != "none":
             self.gate_token = nn.Linear(dim, gate_dim)
             # The source token at the same position: "is this the blue circle the instruction names?"
@@ -162,6 +193,8 @@ class SpatialDifferenceAttention(nn.Module):
         s_ln = source_rows(src.ln, x_ln.shape[0])
         g = self.gate(x_ln, s_ln, temb, text)
         inner = None if inner is None else g * inner
+        if self.text_delta is not None:
+            outer = outer + self.text_delta(s_ln, x_ln, text)
         if self.aligned is None:
             return inner, g * outer, g
         keep = self.aligned(s_ln - x_ln)

@@ -45,6 +45,8 @@ class AdapterOptions:
     ffn_rank: int | None = None  # rank of those updates (32)
     cross_lora: bool | None = None  # low-rank updates on each block's text cross-attention (off)
     cross_rank: int | None = None  # rank of those updates (16)
+    text_difference: bool | None = None  # a per-token map of source and target, FiLM-ed by the instruction (off)
+    text_rank: int | None = None  # rank of that map (32)
     source_stream: str | None = None  # "cached": one-way, once per video; "two_way": beside the target
 
     @classmethod
