@@ -10,6 +10,7 @@ import yaml
 from conftest import run_killed_then_resumed
 
 import imvedit.toy.pretrain as pretrain
+from imvedit.errors import UsageError
 from imvedit.models.bases import load_base
 from imvedit.toy.bundle import CONFIGS, load_config
 from imvedit.toy.pretrain_text import (
@@ -20,7 +21,7 @@ from imvedit.toy.pretrain_text import (
     probe,
     sample_texts,
 )
-from imvedit.toy.world import Background, Edit, Obj, Scene, caption, sample_edit, sample_scene
+from imvedit.toy.world import Background, Edit, Obj, Scene, caption, render, sample_edit, sample_scene
 
 
 def _scene(shape="circle", color="blue", bg="green"):
@@ -201,3 +202,34 @@ def test_transformer_stage_saves_its_weight_average_and_resumes_it(tmp_path, mon
     for name, a in weights["whole"].items():
         assert torch.allclose(a, weights["resumed"][name], atol=1e-6), name
     assert any(not torch.allclose(a, weights["plain"][n]) for n, a in weights["whole"].items())
+
+
+def test_inpainting_steps_noise_the_objects_tokens_at_the_clips_sigma_and_the_rest_less(tmp_path, monkeypatch):
+    """`transformer.inpaint_fraction`: the object's tokens are found by rendering each scene without it, and
+    an inpainting-like step gives the transformer per-token timesteps, the object's at the clip's sigma."""
+    config, args = _small_config(tmp_path)
+    pretrain.main([*args, "--stage", "vae", "-o", str(tmp_path / "vae")])
+    base = load_base(str(tmp_path / "vae"), torch_dtype=torch.float32)
+    latents, _ = pretrain.build_latent_dataset(base, config, 4, 5)
+    masks = pretrain.object_tokens(config, latents, 5, base.transformer.config.patch_size)
+    scenes = pretrain.dataset_scenes(config, 4)
+    assert masks.shape == (4, 5, 4, 4)  # 32 px, 8 px a token
+    with pytest.raises(UsageError, match="one latent frame per frame"):
+        pretrain.object_tokens(config, latents, 9, base.transformer.config.patch_size)
+    for scene, mask in zip(scenes, masks, strict=True):
+        assert mask.any() == bool(scene.objects) and not mask.all()  # a large object, never the whole frame
+        first = render(scene, 1, 32)[0] != render(Scene(scene.background, [], scene.style, "simple"), 1, 32)[0]
+        assert torch.equal(mask[0], torch.from_numpy(first.any(-1).reshape(4, 8, 4, 8).any(axis=(1, 3))))
+    seen = []
+    forward = base.transformer.forward
+    monkeypatch.setattr(base.transformer, "forward", lambda x, t, *a, **k: seen.append(t) or forward(x, t, *a, **k))
+    c = {**config["transformer"], "inpaint_fraction": 1.0, "batch_size": 4}
+    gen = torch.Generator().manual_seed(0)
+    loss = pretrain._transformer_step(base, c, latents, ([""] * 4, masks), gen, False, 1)
+    t = seen[-1]
+    assert torch.isfinite(loss) and t.ndim == 2  # one timestep per token
+    idx = torch.randint(4, (4,), generator=torch.Generator().manual_seed(0))  # the step's first draw: its clips
+    tokens = masks[idx, : t.shape[1] // 16].flatten(1)
+    for row, inside in zip(t, tokens, strict=True):
+        if inside.any():
+            assert torch.unique(row[inside]).numel() == 1 and (row[~inside] <= row[inside][0]).all()

@@ -18,7 +18,9 @@ pretrain_text.py), and stays frozen from then on, as a real Wan's encoder does.
 (`bundle.zero_past_taps`), trained on single frames only. `--stage vae` keeps a checkpoint in OUT_DIR
 (`checkpoint-vae.pt`, every `vae.checkpoint_every` steps) and resumes from it when run again; with
 `vae.report_clips` it then measures the codec on held-out clips (`codec_report`, into pretrain_report.json).
-`--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. `--stage decoder` (the
+`--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. With
+`transformer.inpaint_fraction` that share of its steps is inpainting-like (Wan2.2's per-token timesteps): the
+object's tokens at the clip's noise level, the rest less noisy, so the caption alone says what the object is. `--stage decoder` (the
 `decoder:` section) trains the VAE's decoder alone: the latents, and the transformer trained on them, stay
 valid, while decoded pixels get sharper. Stages chain through `--init`: each writes a whole base, the next
 starts from it.
@@ -28,6 +30,7 @@ OUT_DIR gets the diffusers Wan layout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 
+from ..errors import UsageError
 from ..evaluation.metrics import psnr
 from ..evaluation.toy_bench import BENCH_SEED_OFFSET
 from ..models.bases import load_base, save_base
@@ -257,12 +261,41 @@ def build_latent_dataset(base, config: dict, n: int, frames: int) -> tuple[torch
     return torch.cat(latents), captions
 
 
+def object_tokens(config: dict, latents: torch.Tensor, frames: int, patch: tuple[int, int, int]) -> torch.Tensor:
+    """Which transformer tokens each dataset clip's object covers, in any of its pixels: (clips, frames, h, w)
+    bool, from rendering each of the `frames`-frame scenes with and without its objects."""
+    n, _, latent_frames, lh, lw = latents.shape
+    pt, ph, pw = patch
+    size = config["size"]
+    if latent_frames != frames or pt != 1 or lh % ph or lw % pw or size % (lw // pw):
+        raise UsageError(
+            "transformer.inpaint_fraction needs one latent frame per frame and a 1xNxN patch that tiles them.",
+            "Use it with a VAE without temporal compression (pretrain-simple.yaml's).",
+        )
+    grid, token = (lh // ph, lw // pw), size // (lw // pw)
+    masks = []
+    for scene in dataset_scenes(config, n):
+        drawn = render(scene, frames, size) != render(dataclasses.replace(scene, objects=[]), frames, size)
+        masks.append(drawn.any(-1).reshape(frames, grid[0], token, grid[1], token).any(axis=(2, 4)))
+    return torch.from_numpy(np.stack(masks))
+
+
+def _inpaint_sigmas(sigma: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-token noise levels (batch, frames, h, w) for an inpainting-like step: the object's tokens at the
+    clip's sigma, the rest at a fraction of it drawn per clip. The object's place then shows while its colour
+    and shape do not, so only the caption can say them: the base has to bind them to the object."""
+    rest = sigma * torch.rand(len(sigma), generator=gen)
+    return torch.where(mask, sigma.view(-1, 1, 1, 1), rest.view(-1, 1, 1, 1))
+
+
 def train_transformer(base, config: dict, log: Path | None = None, checkpoint: Path | None = None) -> dict:
     c = config["transformer"]
     short, long = c["clip_frames"]
     start = time.time()
     latents, captions = build_latent_dataset(base, config, c["dataset_clips"], long)
     log_record(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
+    if c.get("inpaint_fraction"):  # where each clip's object is, token by token (inpainting-like steps)
+        captions = (captions, object_tokens(config, latents, long, base.transformer.config.patch_size))
     train_text = bool(config["text_encoder"].get("train", False))
     model, text_encoder = base.transformer, base.text_encoder
     model.train().requires_grad_(True)
@@ -316,7 +349,9 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
 
 
 def _transformer_step(base, c: dict, latents, captions, gen, train_text: bool, short: int) -> torch.Tensor:
-    """One flow-matching text-to-video step on a batch of the encoded clips (or their first frames)."""
+    """One flow-matching text-to-video step on a batch of the encoded clips (or their first frames). With
+    `inpaint_fraction`, `captions` is (captions, object_tokens) and that share of steps is inpainting-like."""
+    captions, objects = captions if isinstance(captions, tuple) else (captions, None)
     idx = torch.randint(len(captions), (c["batch_size"],), generator=gen)
     x0 = latents[idx].float()
     if torch.rand(1, generator=gen).item() < c["image_fraction"]:
@@ -328,8 +363,13 @@ def _transformer_step(base, c: dict, latents, captions, gen, train_text: bool, s
     u = torch.rand(len(idx), generator=gen)
     sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
     noise = torch.randn(x0.shape, generator=gen)
-    s = sigma.view(-1, 1, 1, 1, 1)
-    pred = base.transformer(((1 - s) * x0 + s * noise), sigma * 1000, text, return_dict=False)[0]
+    s, timestep = sigma.view(-1, 1, 1, 1, 1), sigma * 1000
+    if objects is not None and torch.rand(1, generator=gen).item() < c["inpaint_fraction"]:
+        per_token = _inpaint_sigmas(sigma, objects[idx][:, : x0.shape[2]], gen)
+        _, ph, pw = base.transformer.config.patch_size
+        s = per_token.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[:, None]
+        timestep = per_token.flatten(1) * 1000  # Wan2.2's per-token timesteps
+    pred = base.transformer(((1 - s) * x0 + s * noise), timestep, text, return_dict=False)[0]
     return F.mse_loss(pred, noise - x0)
 
 
