@@ -225,7 +225,7 @@ def test_inpainting_steps_noise_the_objects_tokens_at_the_clips_sigma_and_the_re
     monkeypatch.setattr(base.transformer, "forward", lambda x, t, *a, **k: seen.append(t) or forward(x, t, *a, **k))
     c = {**config["transformer"], "inpaint_fraction": 1.0, "batch_size": 4}
     gen = torch.Generator().manual_seed(0)
-    loss = pretrain._transformer_step(base, c, latents, ([""] * 4, masks), gen, False, 1)
+    loss = pretrain._transformer_step(base, c, latents, [""] * 4, gen, False, 1, masks)
     t = seen[-1]
     assert torch.isfinite(loss) and t.ndim == 2  # one timestep per token
     idx = torch.randint(4, (4,), generator=torch.Generator().manual_seed(0))  # the step's first draw: its clips

@@ -20,8 +20,8 @@ pretrain_text.py), and stays frozen from then on, as a real Wan's encoder does.
 `vae.report_clips` it then measures the codec on held-out clips (`codec_report`, into pretrain_report.json).
 `--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. With
 `transformer.inpaint_fraction` that share of its steps is inpainting-like (Wan2.2's per-token timesteps): the
-object's tokens at the clip's noise level, the rest less noisy, so the caption alone says what the object is. `--stage decoder` (the
-`decoder:` section) trains the VAE's decoder alone: the latents, and the transformer trained on them, stay
+object's tokens at the clip's noise level, the rest less noisy, so the caption alone says what the object is.
+`--stage decoder` (the `decoder:` section) trains the VAE's decoder alone: the latents, and the transformer trained on them, stay
 valid, while decoded pixels get sharper. Stages chain through `--init`: each writes a whole base, the next
 starts from it.
 OUT_DIR gets the diffusers Wan layout.
@@ -294,8 +294,9 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
     start = time.time()
     latents, captions = build_latent_dataset(base, config, c["dataset_clips"], long)
     log_record(log, {"stage": "transformer", "dataset": len(captions), "encode_s": round(time.time() - start)})
-    if c.get("inpaint_fraction"):  # where each clip's object is, token by token (inpainting-like steps)
-        captions = (captions, object_tokens(config, latents, long, base.transformer.config.patch_size))
+    objects = None  # where each clip's object is, token by token, for inpainting-like steps
+    if c.get("inpaint_fraction"):
+        objects = object_tokens(config, latents, long, base.transformer.config.patch_size)
     train_text = bool(config["text_encoder"].get("train", False))
     model, text_encoder = base.transformer, base.text_encoder
     model.train().requires_grad_(True)
@@ -321,7 +322,7 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
         log_record(log, {"stage": "transformer", "resumed_at": first})
     start = time.time() - elapsed
     for step in range(first, c["steps"]):
-        loss = _transformer_step(base, c, latents, captions, gen, train_text, short)
+        loss = _transformer_step(base, c, latents, captions, gen, train_text, short, objects)
         optimizer_step(loss, opt, sched, params)
         if ema is not None:
             ema.step(params)
@@ -348,10 +349,11 @@ def train_transformer(base, config: dict, log: Path | None = None, checkpoint: P
     }
 
 
-def _transformer_step(base, c: dict, latents, captions, gen, train_text: bool, short: int) -> torch.Tensor:
-    """One flow-matching text-to-video step on a batch of the encoded clips (or their first frames). With
-    `inpaint_fraction`, `captions` is (captions, object_tokens) and that share of steps is inpainting-like."""
-    captions, objects = captions if isinstance(captions, tuple) else (captions, None)
+def _transformer_step(
+    base, c: dict, latents, captions, gen, train_text: bool, short: int, objects: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One flow-matching text-to-video step on a batch of the encoded clips (or their first frames); with
+    `objects` (`object_tokens`), `inpaint_fraction` of the steps are inpainting-like."""
     idx = torch.randint(len(captions), (c["batch_size"],), generator=gen)
     x0 = latents[idx].float()
     if torch.rand(1, generator=gen).item() < c["image_fraction"]:
