@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imvedit.errors import ImveditError, UsageError
-from imvedit.models.bases import build_tiny_random, load_base, save_base
+from imvedit.models.bases import build_tiny_random, load_base, save_base, with_flow_shift
 
 
 def _digest(module) -> str:
@@ -93,3 +93,19 @@ def test_a_two_expert_base_loads_both_experts_and_its_boundary(tmp_path, a14b_fo
     assert WanPipeline.from_pretrained(str(tmp_path / "again")).config.boundary_ratio == 0.875
     one = load_base(str(a14b_folder), components=("transformer", "scheduler"))  # the second expert left out
     assert one.transformer_2 is None and one.boundary_ratio is None and load_base("tiny-random").experts == ("high",)
+
+
+def test_flow_shift_puts_more_steps_at_high_noise_and_leaves_the_base_scheduler_alone():
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    unipc = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    for scheduler, key in ((FlowMatchEulerDiscreteScheduler(shift=1.0), "shift"), (unipc, "flow_shift")):
+        before = scheduler.config[key]
+        shifted = with_flow_shift(scheduler, 12.0)
+        assert shifted.config[key] == 12.0 and scheduler.config[key] == before and type(shifted) is type(scheduler)
+        scheduler.set_timesteps(20)
+        shifted.set_timesteps(20)
+        assert (shifted.sigmas > 0.9).sum() > (scheduler.sigmas > 0.9).sum()
+        assert with_flow_shift(scheduler, None) is scheduler
+    with pytest.raises(UsageError, match="no fixed flow shift"):
+        with_flow_shift(UniPCMultistepScheduler(), 5.0)  # sigmas not from flow matching: nothing to shift

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -134,6 +135,25 @@ def test_edit_an_image_gives_an_image(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out.png").size == (40, 30)
+
+
+def test_flow_shift_changes_the_sampler_and_a_bad_one_is_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "in.png")
+
+    def edit(name, *flags):
+        args = ["edit", str(tmp_path / "in.png"), "make it blue", "-o", str(tmp_path / name), "--model", "tiny-random"]
+        return runner.invoke(app, [*args, "--steps", "2", *flags])
+
+    for name, flags in (("base.png", ()), ("again.png", ()), ("shift12.png", ("--flow-shift", "12"))):
+        assert edit(name, *flags).exit_code == 0
+    pixels = {n: np.asarray(Image.open(tmp_path / n), dtype=np.int16) for n in ("base.png", "again.png", "shift12.png")}
+    assert np.array_equal(pixels["base.png"], pixels["again.png"])  # the shift, not the run, makes the difference
+    assert np.abs(pixels["base.png"] - pixels["shift12.png"]).max() > 0
+    bad = edit("bad.png", "--flow-shift", "0")
+    assert bad.exit_code == 2 and "--flow-shift must be positive" in bad.output
+    assert not (tmp_path / "bad.png").exists()
 
 
 def _one_line_error(result, code):

@@ -209,7 +209,7 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
 
     def fake(config, progress=None):
         config.validate()
-        seen["world"], seen["prompt"] = config.world, config.prompt
+        seen["world"], seen["prompt"], seen["flow_shift"] = config.world, config.prompt, config.flow_shift
         return {
             "overall": dict.fromkeys(toy_bench.BENCH_METRICS) | {"clips": 0},
             "per_kind": {},
@@ -220,10 +220,15 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
     monkeypatch.setattr(toy_bench, "run_toy_bench", fake)
     result = runner.invoke(app, ["eval", "--bench", "toy", "--world", "simple", "--json"])
     assert result.exit_code == 0, result.output
-    assert seen == {"world": "simple", "prompt": "instruction"}
+    assert seen == {"world": "simple", "prompt": "instruction", "flow_shift": None}
     assert (ToyBenchConfig().world, ToyBenchConfig().prompt) == (DEFAULT_WORLD, "instruction")
-    assert runner.invoke(app, ["eval", "--bench", "toy", "--prompt", "description", "--json"]).exit_code == 0
-    assert seen == {"world": DEFAULT_WORLD, "prompt": "description"}
+    flags = ["--prompt", "description", "--flow-shift", "12"]
+    assert runner.invoke(app, ["eval", "--bench", "toy", *flags, "--json"]).exit_code == 0
+    assert seen == {"world": DEFAULT_WORLD, "prompt": "description", "flow_shift": 12.0}
+    # the bench samples with that shift, and the base's own scheduler is left as it was
+    pipe, _, _ = toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random", flow_shift=12.0))
+    assert pipe.scheduler.config.shift == 12.0
+    assert toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random"))[0].scheduler.config.shift == 3.0
     with pytest.raises(Exception, match="world"):
         ToyBenchConfig(world="medium").validate()
 

@@ -33,6 +33,15 @@ def adapter_option(default: str):
     return typer.Option("--adapter", help=f"An adapter .safetensors or a run folder. (default: {default})")
 
 
+def flow_shift_option(applies_to: str):
+    """--flow-shift: the sampler's sigma shift, as Wan users set it per resolution."""
+    return typer.Option(
+        "--flow-shift",
+        help=f"{applies_to}{'the' if applies_to else 'The'} sampler's sigma shift: higher spends more steps at high noise, where an edit's "
+        "colours and layout are decided (Wan uses 3 at 480p, 5 at 720p). (default: the base's scheduler)",
+    )
+
+
 def world_option(applies_to: str):
     """--world: which shapes world, defaulting to the bundled base's."""
     return typer.Option(

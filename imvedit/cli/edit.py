@@ -8,7 +8,7 @@ import typer
 
 from .. import jsonutil
 from ._common import emit, err_console, progress_bar, run
-from ._options import JsonOutput, Overwrite, adapter_option, model_option
+from ._options import JsonOutput, Overwrite, adapter_option, flow_shift_option, model_option
 
 
 def edit(
@@ -30,6 +30,7 @@ def edit(
         None, "--guidance", help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan)"
     ),
     source_guidance: float = typer.Option(1.0, "--source-guidance", help="Source guidance scale (1 = off)."),
+    flow_shift: Annotated[float | None, flow_shift_option("")] = None,
     strength: float = typer.Option(1.0, "--strength", help="Below 1, start from the noised source."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Text to guide away from."),
@@ -127,7 +128,7 @@ def edit(
         return
 
     options = dict(
-        model=model, adapter=adapter, steps=steps, guidance=guidance, source_guidance=source_guidance,
+        model=model, adapter=adapter, steps=steps, guidance=guidance, flow_shift=flow_shift, source_guidance=source_guidance,
         strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area,
         resolution=resolution, window=window, overlap=overlap, max_frames=max_frames, start=start, end=end,
         model_fps=model_fps, codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload,

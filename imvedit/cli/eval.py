@@ -8,7 +8,7 @@ import typer
 from ..errors import UsageError
 from ..toy.world import DEFAULT_WORLD
 from ._common import emit, err_console, fail, progress_bar, run
-from ._options import JsonOutput, adapter_option, model_option, world_option
+from ._options import JsonOutput, adapter_option, flow_shift_option, model_option, world_option
 
 
 def eval_(
@@ -73,6 +73,7 @@ def eval_(
         help="--bench/--manifest: denoising steps. (default: 20 for --bench, the base's for --manifest)",
     ),
     guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
+    flow_shift: Annotated[float | None, flow_shift_option("--bench: ")] = None,
     prompt: str = typer.Option(
         "instruction",
         "--prompt",
@@ -116,7 +117,7 @@ def eval_(
         cfg = ToyBenchConfig(
             model=model, adapter=adapter, clips=clips or 16, seed=seed, frames=frames, size=size, edits=kinds,
             steps=steps or 20, guidance=guidance, prompt=prompt, report=report, arch=arch, strength=strength,
-            world=world,
+            world=world, flow_shift=flow_shift,
         )  # fmt: skip
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))

@@ -28,7 +28,7 @@ from ..fsutil import check_output_path
 from ..memory.edit_plan import SDA_CHUNKS, EditShape, choose, default_gpu_memory_gib
 from ..memory.spec import read_base_spec
 from ..models.adapter_file import read_adapter_metadata
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, with_flow_shift
 from ..models.dtypes import DTYPES
 from ..models.loading import EDIT_ARCHS, load_model, resolve_adapter_path
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
@@ -52,6 +52,9 @@ class EditConfig:
     adapter: str | None = None  # an adapter .safetensors or a run folder holding adapter.safetensors
     steps: int | None = None  # denoising steps (default: the base's, 30 for Wan)
     guidance: float | None = None  # text guidance scale, 1 turns it off (default: the base's, 5 for Wan)
+    # the sampler's sigma shift (default: the base scheduler's); higher spends more of the steps at high
+    # noise, where an edit's colours and layout are decided; set it to the adapter's training flow_shift
+    flow_shift: float | None = None
     source_guidance: float = 1.0  # source guidance scale (1 turns it off)
     strength: float = 1.0  # < 1 starts from the noised source instead of pure noise
     seed: int = 0  # the noise seed
@@ -108,6 +111,8 @@ class EditConfig:
             raise UsageError("--resolution must be at least 8 pixels and --max-area at least 64.")
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.", "Wan uses 3 at 480p, 5 at 720p.")
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
         if self.arch is not None and self.arch not in EDIT_ARCHS:
@@ -430,6 +435,7 @@ def _run_pipeline(pipe, base: Base, config: EditConfig, options: dict, frames: n
     guidance = config.guidance if config.guidance is not None else base.default_guidance
     window, overlap = config.window or base.window_frames, config.overlap or base.window_overlap
     n_windows = len(pipe.latent_windows(len(frames), window, overlap))
+    pipe.scheduler = with_flow_shift(base.scheduler, config.flow_shift)  # a batch's jobs may differ
 
     def on_step(_pipe, i, _t, kw):
         progress(i + 1, steps, info=f"denoise ({n_windows} window{'s' if n_windows > 1 else ''})")

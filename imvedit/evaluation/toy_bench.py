@@ -32,7 +32,7 @@ import torch
 
 from .. import jsonutil
 from ..errors import UsageError
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, with_flow_shift
 from ..models.loading import load_model
 from ..models.wan import normalize_latents, video_to_tensor
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline, upsample_gate
@@ -68,6 +68,7 @@ class ToyBenchConfig:
     edits: tuple[str, ...] = ()  # edit kinds to draw from (default: all)
     steps: int = 20  # denoising steps
     guidance: float = 3.0  # text guidance
+    flow_shift: float | None = None  # the sampler's sigma shift (default: the base scheduler's)
     prompt: str = "instruction"  # what the cross-attention reads: the instruction (as `imvedit edit`) or "description"
     report: Path | None = None  # folder for contact sheets and metrics.json
     arch: str | None = None  # "sdedit" (no adapter) or "per-frame" (an imvedit adapter frame by frame)
@@ -87,6 +88,8 @@ class ToyBenchConfig:
             raise UsageError(f"Unknown edit kind(s): {', '.join(unknown)}.", f"Use some of: {', '.join(EDIT_KINDS)}.")
         if self.prompt not in PROMPTS:
             raise UsageError(f"--prompt must be one of {', '.join(PROMPTS)}.")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.")
         if self.strength is not None and not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
 
@@ -186,6 +189,7 @@ def _bench_pipeline(config: ToyBenchConfig):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, loaded = load_model(model, adapter, device, torch.float32, config.arch)
     pipe = ImVideoEditPipeline.from_base(base, loaded)
+    pipe.scheduler = with_flow_shift(base.scheduler, config.flow_shift)
     pipe.set_progress_bar_config(disable=True)
     if config.size % pipe.size_multiple:
         raise UsageError(f"--size must be a multiple of {pipe.size_multiple} for this base.")

@@ -279,6 +279,25 @@ def _scheduler_class(path: str, subfolder: str):
     return cls
 
 
+def with_flow_shift(scheduler, shift: float | None):
+    """`scheduler` with its sigma shift set to `shift`, as Wan users set `flow_shift` per resolution (None:
+    the scheduler as it is). A copy, so the base keeps its own for the next edit. The flow-matching
+    schedulers name it `shift` (FlowMatchEuler) or `flow_shift` (UniPC and DPM-Solver with flow sigmas)."""
+    if shift is None:
+        return scheduler
+    config = scheduler.config
+    if config.get("use_flow_sigmas") and "flow_shift" in config:
+        key = "flow_shift"
+    elif "shift" in config and not config.get("use_dynamic_shifting"):
+        key = "shift"
+    else:
+        raise UsageError(
+            f"This base's scheduler ({type(scheduler).__name__}) has no fixed flow shift to set.",
+            "Drop --flow-shift, or use a base whose scheduler is FlowMatchEuler or UniPC with flow sigmas.",
+        )
+    return type(scheduler).from_config(config, **{key: shift})
+
+
 def load_base(
     name: str,
     *,
