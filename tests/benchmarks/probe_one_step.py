@@ -8,7 +8,8 @@ PAIRS_DIR is a folder made by `imvedit prepare ... --cache --model BASE` (the ad
 latents inside the tokens the pair changes (flow_matching.changed_tokens). Copying the source is the
 reference (printed too); an edit that the source and the instruction determine could be estimated near 0
 at sigma 1. With the description of the result as the prompt and the instruction for the gate, as the
-toy bench does. Also the gate, averaged over blocks, inside and outside the changed tokens: a gate that has
+toy bench does. The same error over the tokens the pair leaves alone (`error_unchanged`, where copying the
+source scores 0) says how much of the source the adapter carries through at that noise. Also the gate, averaged over blocks, inside and outside the changed tokens: a gate that has
 found where the edit applies opens inside and stays shut outside. Prints one JSON object, overall and per
 pair `kind` when the manifest has one. Not a test.
 """
@@ -53,9 +54,9 @@ def main() -> None:
     pt, ph, pw = base.transformer.config.patch_size  # each token's mark spread over the latents it covers
     mask = changed.repeat_interleave(pt, 1).repeat_interleave(ph, 2).repeat_interleave(pw, 3)[:, None]
 
-    def region_mse(estimate: torch.Tensor) -> torch.Tensor:
+    def region_mse(estimate: torch.Tensor, where: torch.Tensor = mask) -> torch.Tensor:
         se = ((estimate - target) ** 2).mean(1, keepdim=True)
-        return (se * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+        return (se * where).flatten(1).sum(1) / where.flatten(1).sum(1).clamp(min=1)
 
     noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(args.seed))
     noisy = (1 - args.sigma) * target + args.sigma * noise
@@ -63,12 +64,14 @@ def main() -> None:
     timestep = torch.full((len(ids),), 1000.0 * args.sigma)
     v = model(noisy, timestep, batch["caption"], features, batch["instruction_pooled"], collect_gates=True)
     gate = model.last_gate_map()
-    errors, copy = region_mse(noisy - args.sigma * v), region_mse(source)
+    estimate = noisy - args.sigma * v
+    errors, copy, unchanged = region_mse(estimate), region_mse(source), region_mse(estimate, 1 - mask)
     kinds = [rows[i].get("kind") for i in ids]
     of_kind = {k: torch.tensor([x == k for x in kinds]) for k in sorted({k for k in kinds if k is not None})}
     per_kind = {k: round(errors[sel].mean().item(), 4) for k, sel in of_kind.items()}
     out = {"pairs": len(ids), "sigma": args.sigma, "error": round(errors.mean().item(), 4),
-           "copy_source_error": round(copy.mean().item(), 4), "per_kind": per_kind}  # fmt: skip
+           "copy_source_error": round(copy.mean().item(), 4), "per_kind": per_kind,
+           "error_unchanged": round(unchanged.mean().item(), 4)}  # fmt: skip
     if gate is not None:  # concat has no gate
 
         def mean_where(g: torch.Tensor, m: torch.Tensor) -> float | None:  # None where no token qualifies
