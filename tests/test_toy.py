@@ -284,3 +284,20 @@ def test_the_weights_shipped_in_the_package_stay_under_25_mb():
     assets = SHAPES_WAN_DIR.parent
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert 0 < total <= 25_000_000, f"imvedit/assets holds {total / 1e6:.1f} MB"
+
+
+def test_the_simple_world_adapter_recipe_is_the_run_docs_toy_reports(monkeypatch):
+    """configs/adapter-simple.yaml loads as a training config, with the high sigma shift that made the
+    simple base's adapter edit, and plans the adapter of the run docs/toy.md measured (773,284 parameters)."""
+    from pathlib import Path
+
+    from imvedit.training.config import TrainConfig
+
+    root = Path(__file__).parent.parent
+    recipe = root / "imvedit/toy/configs/adapter-simple.yaml"
+    config = TrainConfig.from_sources(recipe, {}, required=())
+    assert config.flow_shift == 12.0 and config.adapter.text_difference and config.epochs == 3
+    monkeypatch.chdir(root)  # the recipe names the base by its path in the repository
+    result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["adapter_parameters"] == 773_284
