@@ -53,7 +53,8 @@ class EditConfig:
     steps: int | None = None  # denoising steps (default: the base's, 30 for Wan)
     guidance: float | None = None  # text guidance scale, 1 turns it off (default: the base's, 5 for Wan)
     # the sampler's sigma shift (default: the base scheduler's); higher spends more of the steps at high
-    # noise, where an edit's colours and layout are decided; set it to the adapter's training flow_shift
+    # noise, where an edit's colours and layout are decided (on the toy it moved results little; the
+    # adapter's training flow_shift mattered, docs/toy.md)
     flow_shift: float | None = None
     source_guidance: float = 1.0  # source guidance scale (1 turns it off)
     strength: float = 1.0  # < 1 starts from the noised source instead of pure noise

@@ -9,8 +9,9 @@ latents inside the tokens the pair changes (flow_matching.changed_tokens). Copyi
 reference (printed too); an edit that the source and the instruction determine could be estimated near 0
 at sigma 1. With the description of the result as the prompt and the instruction for the gate, as the
 toy bench does. The same error over the tokens the pair leaves alone (`error_unchanged`, where copying the
-source scores 0) says how much of the source the adapter carries through at that noise. Also the gate, averaged over blocks, inside and outside the changed tokens: a gate that has
-found where the edit applies opens inside and stays shut outside. Prints one JSON object, overall and per
+source scores 0) says how much of the source the adapter carries through at that noise. Also the gate,
+averaged over blocks, inside and outside the changed tokens: a gate that has found where the edit applies
+opens inside and stays shut outside. Prints one JSON object, overall and per
 pair `kind` when the manifest has one. Not a test.
 """
 
