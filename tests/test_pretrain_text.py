@@ -68,7 +68,7 @@ def test_held_out_phrasings_are_a_fixed_fifth_never_in_the_training_stream():
 
 
 def _small_config(tmp_path):
-    config = load_config(CONFIGS / "pretrain-simple.yaml")
+    config = load_config(CONFIGS / "pretrain.yaml")
     config["size"] = 32
     config["vae"].update(base_dim=16, steps=1, batch_images=2, report_clips=0)
     config["text_encoder"]["pretrain"].update(steps=6, batch_size=16, probe_texts=[200, 100])

@@ -184,13 +184,14 @@ def test_vae_edge_weights_mark_the_outline_of_a_shape_and_not_a_flat_background(
 
 
 def test_prepare_toy_renders_the_world_asked_for(tmp_path):
-    result = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "p"), "--limit", "12", "--world", "simple"])
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (tmp_path / "p" / "manifest.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in _prepared(tmp_path / "p").read_text().splitlines()]  # simple: the default
     # one object per scene: a caption names at most one shape, never "and"
     assert all(" and " not in r["caption"] or "black and white" in r["caption"] for r in rows)
-    hard = [json.loads(line) for line in _prepared(tmp_path / "h").read_text().splitlines()]
-    assert [r["caption"] for r in rows] != [r["caption"] for r in hard]  # hard is the default
+    result = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "h"), "--limit", "12", "--world", "hard"])
+    assert result.exit_code == 0, result.output
+    hard = [json.loads(line) for line in (tmp_path / "h" / "manifest.jsonl").read_text().splitlines()]
+    assert any(" and " in r["caption"].replace("black and white", "") for r in hard)  # several objects
+    assert [r["caption"] for r in rows] != [r["caption"] for r in hard]
     bad = runner.invoke(app, ["prepare", "toy", "-o", str(tmp_path / "q"), "--limit", "2", "--world", "medium"])
     assert bad.exit_code == 2 and "--world" in bad.output
 
@@ -241,7 +242,7 @@ def test_frame_independent_vae_gives_each_frame_its_latent_alone_and_resumes(tmp
     import imvedit.toy.pretrain as pretrain
     from imvedit.toy.bundle import CONFIGS, load_config
 
-    config = load_config(CONFIGS / "pretrain-simple.yaml")
+    config = load_config(CONFIGS / "pretrain.yaml")
     assert config["world"] == "simple" and config["vae"]["z_dim"] == 48 and config["vae"]["frame_independent"]
     config["size"] = 32
     config["vae"].update(base_dim=16, steps=4, batch_images=2, checkpoint_every=1, report_clips=1)
@@ -286,18 +287,17 @@ def test_the_weights_shipped_in_the_package_stay_under_25_mb():
     assert 0 < total <= 25_000_000, f"imvedit/assets holds {total / 1e6:.1f} MB"
 
 
-def test_the_simple_world_adapter_recipe_is_the_run_docs_toy_reports(monkeypatch):
-    """configs/adapter-simple.yaml loads as a training config, with the high sigma shift that made the
-    simple base's adapter edit, and plans the adapter of the run docs/toy.md measured (773,284 parameters)."""
+def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
+    """configs/adapter.yaml loads as a training config, with the high sigma shift that made the
+    bundled base's adapter edit, and plans the adapter of the run docs/toy.md measured (773,284 parameters)."""
     from pathlib import Path
 
     from imvedit.training.config import TrainConfig
 
     root = Path(__file__).parent.parent
-    recipe = root / "imvedit/toy/configs/adapter-simple.yaml"
+    recipe = root / "imvedit/toy/configs/adapter.yaml"
     config = TrainConfig.from_sources(recipe, {}, required=())
     assert config.flow_shift == 12.0 and config.adapter.text_difference and config.epochs == 3
-    monkeypatch.chdir(root)  # the recipe names the base by its path in the repository
     result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["adapter_parameters"] == 773_284

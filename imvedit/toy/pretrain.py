@@ -1,6 +1,7 @@
 """Pretrain `shapes-wan`, the bundled toy base, from scratch on the shapes world (CPU-sized).
 
-    python -m imvedit.toy.pretrain --config imvedit/toy/configs/pretrain.yaml -o OUT_DIR [--stage vae|transformer|all]
+    python -m imvedit.toy.pretrain --config imvedit/toy/configs/pretrain.yaml --stage vae|text|transformer|decoder -o OUT_DIR
+    python -m imvedit.toy.pretrain --config imvedit/toy/configs/pretrain-hard.yaml -o OUT_DIR   # the hard world's base
 
 Stage 1 trains the VAE (`AutoencoderKLWan`) to reconstruct shapes-world clips and measures the
 per-channel latent statistics Wan's pipelines normalise with. Stage 2 renders and encodes a fixed set
@@ -270,7 +271,7 @@ def object_tokens(config: dict, latents: torch.Tensor, frames: int, patch: tuple
     if latent_frames != frames or pt != 1 or lh % ph or lw % pw or size % (lw // pw):
         raise UsageError(
             "transformer.inpaint_fraction needs one latent frame per frame and a 1xNxN patch that tiles them.",
-            "Use it with a VAE without temporal compression (pretrain-simple.yaml's).",
+            "Use it with a VAE without temporal compression (pretrain.yaml's).",
         )
     grid, token = (lh // ph, lw // pw), size // (lw // pw)
     masks = []

@@ -40,7 +40,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
 WORLDS: tuple[str, ...] = ("hard", "simple")
-DEFAULT_WORLD = "hard"  # what shapes-wan was trained on; switches when a base trained on `simple` ships
+DEFAULT_WORLD = "simple"  # what the bundled shapes-wan was trained on; `hard` is the earlier, many-object world
 SIMPLE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIMPLE_BACKGROUND_KINDS: tuple[str, ...] = ("flat", "gradient")
 # Where "add" puts an object in the simple world: (x, y) as a fraction of the span its centre may take
