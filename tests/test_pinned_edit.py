@@ -14,10 +14,10 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-BUNDLE = "ee6706c9479dbd951872d6ce9c44402f7bd6ccb6a7296e984fcd2c397c920519"
-PINNED_VIDEO = "a6800ffeda95065e95de9b21c119233df0ad30480cbf1e3c2756303ddb9fc15a"
-PINNED_MASK = "1874800cbdcfb8e6a0d775fb2ee0bb4f7a05e542eeac764ff270036850699a6b"
-PINNED_IMAGE = "f3a7b90ca27a80eaf971d6cf133f37e9a3ad15795c54aceb55ed73e2486abd83"
+BUNDLE = "98963fcb9cbddecf9f5a9dd3fc835df2626fbdb1307f1005a96a8df8c54d0e69"
+PINNED_VIDEO = "bc256ed9a127cac63ef2bbf2442309f8d440ae44030647afe2ad544d08b57f18"
+PINNED_MASK = "155e71278664fc7d432040ae370cbdf786ee9f7558c0d88c1bac508a64868d4a"
+PINNED_IMAGE = "56cd7fe980559f82ea98ef225326a2f8d4361c19cadf8d06a148d347c9a56491"
 
 
 def _digest(frames: np.ndarray) -> str:

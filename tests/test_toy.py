@@ -151,11 +151,11 @@ def test_without_the_bundle_edit_asks_for_a_model(tmp_path, clip, monkeypatch):
     assert not (tmp_path / "out.mp4").exists()
 
 
-def test_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
-    from imvedit.toy.bundle import load_config
+def test_the_hard_worlds_pretraining_recipe_runs_end_to_end_in_miniature(tmp_path):
+    from imvedit.toy.bundle import CONFIGS, load_config
     from imvedit.toy.pretrain import main
 
-    config = load_config()
+    config = load_config(CONFIGS / "pretrain-hard.yaml")  # the bundled (simple) recipe's stages: test_pretrain_text
     config["vae"]["steps"] = 2
     config["transformer"].update(steps=2, dataset_clips=4, batch_size=2)
     config["refine"]["vae"]["steps"] = config["refine"]["transformer"]["steps"] = 2  # the refine phase runs too

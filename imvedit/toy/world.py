@@ -155,6 +155,18 @@ class Scene:
     world: str = DEFAULT_WORLD  # one of WORLDS: which edits apply, and the triangle's geometry
 
 
+# The scene of `examples/shapes.mp4` (examples/make_shapes.py renders it; the default-edit test and benchmark
+# read edits of it): one large blue circle drifting over flat green, so that each of the four edits a new user
+# tries first ("make the circle red", "remove the circle", "make the background pink", "make it black and
+# white") has one right answer that its pixels can be checked against
+EXAMPLE_SCENE = Scene(
+    Background("flat", "green", "green"),
+    [Obj("circle", "blue", x=0.4, y=0.45, vx=0.012, vy=0.008, size=0.58)],
+    world="simple",
+)
+EXAMPLE_FRAMES, EXAMPLE_SIZE, EXAMPLE_FPS = 33, 64, 12  # Wan's 4k + 1 frames
+
+
 @dataclass
 class Edit:
     kind: str

@@ -5,14 +5,13 @@
 Runs the installed CLI exactly as a user would (a fresh process each time, so model loading counts, no flags),
 checks that the output has the input's frame count, fps and size, and prints one JSON line per edit with the
 seconds of each run and what the edit did, read off the frames with the clip's own scene
-(`examples/make_shapes.py`): the object's and the background's mean colour per frame, the share of frames in
+(`imvedit.toy.world.EXAMPLE_SCENE`; give --clip only a clip rendered from it): the object's and the background's mean colour per frame, the share of frames in
 which each moved to the colour the instruction names, the rest of the frame's PSNR against the source, and
 each region's mean saturation. The targets (under 30 s on a 2-core CPU; the checks of each edit) are the
 embedded-default issue's. Not a test.
 """
 
 import argparse
-import importlib.util
 import os
 import platform
 import shutil
@@ -22,18 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from imvedit import jsonutil
 from imvedit.toy.reading import read_edit
-from imvedit.video.io import read_video
+from imvedit.toy.world import EXAMPLE_SCENE
+from imvedit.video.io import read_video, write_image
 
 EDITS = ("make the circle red", "remove the circle", "make the background pink", "make it black and white")
 
 
-def _scene(clip: str):
-    spec = importlib.util.spec_from_file_location("make_shapes", Path(clip).with_name("make_shapes.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SCENE
+def contact_sheet(rows: list[np.ndarray], path: Path, scale: int = 2) -> Path:
+    """Rows of clips (the source, then each edit) at five evenly spaced frames, pixels enlarged `scale` times."""
+    ts = np.linspace(0, len(rows[0]) - 1, 5).round().astype(int)
+    sheet = np.concatenate([np.concatenate([clip[t] for t in ts], 1) for clip in rows], 0)
+    return write_image(path, sheet.repeat(scale, 0).repeat(scale, 1))
 
 
 def main() -> None:
@@ -41,12 +43,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--clip", default="examples/shapes.mp4")
     parser.add_argument("--edit", action="append", help="an instruction (repeatable); default: the issue's four")
+    parser.add_argument(
+        "--keep",
+        help="a folder to keep each edit's last output in (edit-1.mp4, ... in order) and sheet.png: the source, then each edit, at five frames",
+    )
     args = parser.parse_args()
     exe = shutil.which("imvedit") or sys.exit("imvedit is not on PATH: pip install -e . first")
     source, info = read_video(args.clip)
-    scene = _scene(args.clip)
+    edited = [source]
     with tempfile.TemporaryDirectory() as tmp:
-        for instruction in args.edit or EDITS:
+        for n, instruction in enumerate(args.edit or EDITS, 1):
             seconds = []
             for i in range(args.runs):
                 out = Path(tmp) / f"out{i}.mp4"
@@ -57,10 +63,16 @@ def main() -> None:
                 frames, out_info = read_video(out)
                 assert frames.shape == source.shape, (frames.shape, source.shape)
                 assert (out_info.fps, out_info.width, out_info.height) == (info.fps, info.width, info.height)
+            edited.append(frames)
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, Path(args.keep) / f"edit-{n}.mp4")
             record = {"command": f'imvedit edit {args.clip} "{instruction}" -o out.mp4', "seconds": seconds}
-            record.update(read_edit(source, frames, scene), frames=int(source.shape[0]), fps=str(out_info.fps))
+            record.update(read_edit(source, frames, EXAMPLE_SCENE), frames=int(source.shape[0]), fps=str(out_info.fps))
             record.update(cpus=os.cpu_count(), machine=platform.machine())
             print(jsonutil.dumps(record), flush=True)  # an unchanged frame's PSNR is inf: null
+    if args.keep:
+        contact_sheet(edited, Path(args.keep) / "sheet.png")
 
 
 if __name__ == "__main__":
