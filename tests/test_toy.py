@@ -98,6 +98,25 @@ def test_the_bundled_base_loads_offline_from_the_package():
 
 
 @base_shipped
+def test_the_bundled_folder_by_its_path_edits_at_the_toy_size_as_the_name_does(tmp_path):
+    """A toy base given as a folder (the bundled one, or one `imvedit.toy.pretrain` wrote) gets the toy's
+    working size and windows from its pretraining report, not Wan's 480x832 (which made a 64-px edit take
+    minutes); a folder without that report keeps Wan's defaults."""
+    from imvedit.memory.spec import read_base_spec
+    from imvedit.models.bases import toy_defaults
+
+    fields = ("default_area", "default_steps", "default_guidance", "window_frames", "window_overlap")
+    by_name = load_base(SHAPES_WAN, components=("transformer",))
+    by_path = load_base(str(SHAPES_WAN_DIR), components=("transformer",))
+    assert [getattr(by_path, f) for f in fields] == [getattr(by_name, f) for f in fields] == [64 * 64, 20, 3.0, 17, 8]
+    spec = read_base_spec(str(SHAPES_WAN_DIR))
+    assert (spec.default_area, spec.window_frames, spec.window_overlap) == (64 * 64, 17, 8)
+    assert read_base_spec(SHAPES_WAN).default_area == 64 * 64
+    (tmp_path / "pretrain_report.json").write_text("{}")  # a report without the config: not a toy base
+    assert toy_defaults(tmp_path) is None and toy_defaults(tmp_path / "missing") is None
+
+
+@base_shipped
 def test_the_bundled_base_draws_what_it_is_told_and_keeps_it_steady():
     """A text-to-video check of the pretrained base (no adapter): the background colour follows the
     caption, and consecutive frames agree (its 3D attention learned coherent video)."""

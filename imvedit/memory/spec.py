@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UsageError
 from ..models.adapter_file import read_adapter_metadata
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, Base, build_tiny_random
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, Base, build_tiny_random, toy_defaults
 from ..models.imvedit import ImVideoEditAdapter
 from ..models.loading import resolve_adapter_path
 from ..training.plan import UMT5_XXL, read_plan_input
@@ -67,8 +67,8 @@ def read_base_spec(model: str, adapter: str | None = None) -> BaseSpec:
         folder = SHAPES_WAN_DIR if model == SHAPES_WAN else Path(model).expanduser()
         vae, te, tokens = _folder_configs(folder, model) if folder.is_dir() else _hub_configs(model)
         te = te or UMT5_XXL
-        if model == SHAPES_WAN:
-            defaults.update(default_area=64 * 64, window_frames=17, window_overlap=8)  # as load_base sets
+        toy = toy_defaults(folder) if folder.is_dir() else None  # as load_base sets
+        defaults.update({k: v for k, v in (toy or {}).items() if k in defaults})
     return BaseSpec(
         name=model,
         transformer=_dump(transformer),

@@ -298,6 +298,22 @@ def with_flow_shift(scheduler, shift: float | None):
     return type(scheduler).from_config(config, **{key: shift})
 
 
+# What `imvedit edit` picks for a toy base (the bundled one, or a folder `imvedit.toy.pretrain` wrote): it was
+# pretrained on 64-px 9-frame clips, and 17-frame windows still hold together (docs/toy.md)
+TOY_DEFAULTS = {"default_steps": 20, "default_guidance": 3.0, "window_frames": 17, "window_overlap": 8}
+
+
+def toy_defaults(folder: str | Path) -> dict | None:
+    """The sampling defaults of a toy base folder, from the pretraining report beside its weights (its `config`
+    gives the canvas the base was trained at); None for any other folder, which keeps Wan's."""
+    report = Path(folder).expanduser() / "pretrain_report.json"
+    try:
+        size = int(json.loads(report.read_text())["config"]["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"default_area": size * size, **TOY_DEFAULTS}
+
+
 def load_base(
     name: str,
     *,
@@ -312,9 +328,7 @@ def load_base(
                 "Pass --model with a diffusers Wan folder or hub id, or 'tiny-random' for a smoke run.",
             )
         base = _load_diffusers_layout(str(SHAPES_WAN_DIR), components, torch_dtype)
-        base.name, base.default_area = SHAPES_WAN, 64 * 64
-        base.default_steps, base.default_guidance = 20, 3.0
-        base.window_frames, base.window_overlap = 17, 8  # pretrained on 9-frame clips; 17 still holds together
+        base.name = SHAPES_WAN
     elif name == TINY_RANDOM:
         base = build_tiny_random()
         base.window_frames, base.window_overlap = 9, 4
@@ -323,6 +337,8 @@ def load_base(
                 m.to(torch_dtype)
     else:
         base = _load_diffusers_layout(name, components, torch_dtype)
+    for field, value in (toy_defaults(SHAPES_WAN_DIR if name == SHAPES_WAN else name) or {}).items():
+        setattr(base, field, value)
     for m in (base.transformer, base.vae, base.text_encoder):
         if m is not None:
             m.requires_grad_(False)
