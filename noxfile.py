@@ -48,8 +48,8 @@ def report_screenshot(session):
 
 @nox.session
 def paper(session):
-    """Train every method and ablation on the shapes world and write docs/results.md (about an hour on 2 CPU
-    cores; `nox -s paper -- --quick` is a smoke run of a minute)."""
+    """Train every method and ablation on the shapes world and write docs/results.md (about 2 hours on 2 CPU
+    cores, 57 min of it the video-trained baseline; `nox -s paper -- --quick` is a smoke run of minutes)."""
     session.install(TORCH)
     session.install("-e", ".")
     session.run(
