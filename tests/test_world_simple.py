@@ -159,7 +159,7 @@ def test_kinds_on_one_object_and_on_an_empty_scene():
 def test_instructions_name_only_the_shape_and_the_new_attribute():
     vocab = set(vocabulary("simple"))
     assert {"top", "left", "right", "bottom", "center"} <= vocab and "star" in vocab
-    assert "top" not in vocabulary()  # the hard world's vocabulary, and its tokenizer, are unchanged
+    assert "top" not in vocabulary("hard")  # the hard world's vocabulary, and its tokenizer, are unchanged
     seen = set()
     for seed in range(120):
         ex = sample_example(seed, frames=1, size=32, world="simple")

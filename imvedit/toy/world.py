@@ -254,7 +254,7 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None, world: 
     kind = _choice(rng, BACKGROUND_KINDS)
     color = _choice(rng, PALETTE)
     color2 = color if kind == "flat" else _choice(rng, [c for c in PALETTE if c != color])
-    scene = Scene(Background(kind, color, color2), [])
+    scene = Scene(Background(kind, color, color2), [], world="hard")
     for _ in range(n):
         shape, obj_color = _choice(rng, _free_pairs(scene))
         scene.objects.append(_new_object(rng, shape, obj_color, scene.objects))
