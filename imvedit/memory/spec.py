@@ -67,8 +67,7 @@ def read_base_spec(model: str, adapter: str | None = None) -> BaseSpec:
         folder = SHAPES_WAN_DIR if model == SHAPES_WAN else Path(model).expanduser()
         vae, te, tokens = _folder_configs(folder, model) if folder.is_dir() else _hub_configs(model)
         te = te or UMT5_XXL
-        toy = toy_defaults(folder) if folder.is_dir() else None  # as load_base sets
-        defaults.update({k: v for k, v in (toy or {}).items() if k in defaults})
+        defaults.update({k: v for k, v in (toy_defaults(folder) or {}).items() if k in defaults})  # as load_base
     return BaseSpec(
         name=model,
         transformer=_dump(transformer),

@@ -5,8 +5,8 @@
 Runs the installed CLI exactly as a user would (a fresh process each time, so model loading counts, no flags),
 checks that the output has the input's frame count, fps and size, and prints one JSON line per edit with the
 seconds of each run and what the edit did, read off the frames with the clip's own scene
-(`imvedit.toy.world.EXAMPLE_SCENE`; give --clip only a clip rendered from it): the object's and the background's mean colour per frame, the share of frames in
-which each moved to the colour the instruction names, the rest of the frame's PSNR against the source, and
+(`imvedit.toy.world.EXAMPLE_SCENE`; give --clip only a clip rendered from it): the object's and the
+background's mean colour per frame, the share of frames in which each moved to the colour the instruction names, the rest of the frame's PSNR against the source, and
 each region's mean saturation. The targets (under 30 s on a 2-core CPU; the checks of each edit) are the
 embedded-default issue's. Not a test.
 """
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--edit", action="append", help="an instruction (repeatable); default: the issue's four")
     parser.add_argument(
         "--keep",
-        help="a folder to keep each edit's last output in (edit-1.mp4, ... in order) and sheet.png: the source, then each edit, at five frames",
+        help="a folder for each edit's last output (edit-1.mp4, ... in order) and sheet.png (source, then edits)",
     )
     args = parser.parse_args()
     exe = shutil.which("imvedit") or sys.exit("imvedit is not on PATH: pip install -e . first")
