@@ -14,10 +14,10 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-BUNDLE = "98963fcb9cbddecf9f5a9dd3fc835df2626fbdb1307f1005a96a8df8c54d0e69"
-PINNED_VIDEO = "bc256ed9a127cac63ef2bbf2442309f8d440ae44030647afe2ad544d08b57f18"
-PINNED_MASK = "155e71278664fc7d432040ae370cbdf786ee9f7558c0d88c1bac508a64868d4a"
-PINNED_IMAGE = "56cd7fe980559f82ea98ef225326a2f8d4361c19cadf8d06a148d347c9a56491"
+BUNDLE = "56e4a1cc94cfb4033450c0fafeebef029ec2c545c8ec2cbc036c9e961bcdad7d"
+PINNED_VIDEO = "0c285e2081a706503c9e88cfbf883b60519617bbc47bc067157ca931e4ce73d5"
+PINNED_MASK = "c9462c9e9ea78b2c811b27f4b71282cbecc1d114721c0bc53d6e03711fb24692"
+PINNED_IMAGE = "775972d948c57bb053afe90e6e0721c5b7378ae533afa5654bd86c1793eec7e9"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -307,16 +307,25 @@ def test_the_weights_shipped_in_the_package_stay_under_25_mb():
 
 
 def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
-    """configs/adapter.yaml loads as a training config, with the high sigma shift that made the
-    bundled base's adapter edit, and plans the adapter of the run docs/toy.md measured (773,284 parameters)."""
+    """configs/adapter.yaml loads as a training config, sets every option it names as the bundled adapter's own
+    training record says (so the recipe is the run that made the bundle), and plans the adapter of the run
+    docs/toy.md measured (773,284 parameters)."""
     from pathlib import Path
 
+    import yaml
+
+    from imvedit.models.adapter_format import read_adapter_metadata
+    from imvedit.models.bases import SHAPES_WAN_ADAPTER
     from imvedit.training.config import TrainConfig
 
     root = Path(__file__).parent.parent
     recipe = root / "imvedit/toy/configs/adapter.yaml"
     config = TrainConfig.from_sources(recipe, {}, required=())
-    assert config.flow_shift == 12.0 and config.adapter.text_difference and config.epochs == 3
+    assert config.flow_shift == 12.0 and config.adapter.text_difference and config.epochs == 5
+    if SHAPES_WAN_ADAPTER.exists():
+        trained = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["config"]
+        for option, value in yaml.safe_load(recipe.read_text()).items():
+            assert trained[option] == value, (option, trained[option], value)
     result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["adapter_parameters"] == 773_284
