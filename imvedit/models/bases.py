@@ -314,6 +314,11 @@ def toy_defaults(folder: str | Path) -> dict | None:
     return {"default_area": size * size, **TOY_DEFAULTS}
 
 
+def _set_toy_defaults(base: Base, folder: str | Path) -> None:
+    for field, value in (toy_defaults(folder) or {}).items():
+        setattr(base, field, value)
+
+
 def load_base(
     name: str,
     *,
@@ -329,6 +334,7 @@ def load_base(
             )
         base = _load_diffusers_layout(str(SHAPES_WAN_DIR), components, torch_dtype)
         base.name = SHAPES_WAN
+        _set_toy_defaults(base, SHAPES_WAN_DIR)
     elif name == TINY_RANDOM:
         base = build_tiny_random()
         base.window_frames, base.window_overlap = 9, 4
@@ -337,8 +343,7 @@ def load_base(
                 m.to(torch_dtype)
     else:
         base = _load_diffusers_layout(name, components, torch_dtype)
-    for field, value in (toy_defaults(SHAPES_WAN_DIR if name == SHAPES_WAN else name) or {}).items():
-        setattr(base, field, value)
+        _set_toy_defaults(base, name)  # a folder `imvedit.toy.pretrain` wrote samples as the bundled one does
     for m in (base.transformer, base.vae, base.text_encoder):
         if m is not None:
             m.requires_grad_(False)

@@ -6,8 +6,8 @@ Runs the installed CLI exactly as a user would (a fresh process each time, so mo
 checks that the output has the input's frame count, fps and size, and prints one JSON line per edit with the
 seconds of each run and what the edit did, read off the frames with the clip's own scene
 (`imvedit.toy.world.EXAMPLE_SCENE`; give --clip only a clip rendered from it): the object's and the
-background's mean colour per frame, the share of frames in which each moved to the colour the instruction names, the rest of the frame's PSNR against the source, and
-each region's mean saturation. The targets (under 30 s on a 2-core CPU; the checks of each edit) are the
+background's mean colour per frame, the share of frames in which each moved to the colour the instruction
+names, the rest of the frame's PSNR against the source, and each region's mean saturation. The targets (under 30 s on a 2-core CPU; the checks of each edit) are the
 embedded-default issue's. Not a test.
 """
 
@@ -21,21 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from imvedit import jsonutil
+from imvedit.evaluation.images import contact_sheet
 from imvedit.toy.reading import read_edit
 from imvedit.toy.world import EXAMPLE_SCENE
-from imvedit.video.io import read_video, write_image
+from imvedit.video.io import read_video
 
 EDITS = ("make the circle red", "remove the circle", "make the background pink", "make it black and white")
-
-
-def contact_sheet(rows: list[np.ndarray], path: Path, scale: int = 2) -> Path:
-    """Rows of clips (the source, then each edit) at five evenly spaced frames, pixels enlarged `scale` times."""
-    ts = np.linspace(0, len(rows[0]) - 1, 5).round().astype(int)
-    sheet = np.concatenate([np.concatenate([clip[t] for t in ts], 1) for clip in rows], 0)
-    return write_image(path, sheet.repeat(scale, 0).repeat(scale, 1))
 
 
 def main() -> None:
@@ -72,7 +64,7 @@ def main() -> None:
             record.update(cpus=os.cpu_count(), machine=platform.machine())
             print(jsonutil.dumps(record), flush=True)  # an unchanged frame's PSNR is inf: null
     if args.keep:
-        contact_sheet(edited, Path(args.keep) / "sheet.png")
+        contact_sheet([clip / 255.0 for clip in edited], Path(args.keep) / "sheet.png", max_columns=5)
 
 
 if __name__ == "__main__":
