@@ -75,6 +75,29 @@ def test_resume_without_a_checkpoint_is_a_usage_error(pairs, tmp_path):
     assert r.returncode == 2 and "No checkpoint" in r.stderr and "\n" not in r.stderr.strip()
 
 
+def test_init_starts_from_a_finished_adapter(pairs, straight, tmp_path):
+    """--init: the run starts from the given adapter's weights, not a fresh init. At a learning rate too small
+    to move them the result is that adapter; a fresh run at the same rate is not."""
+    tiny_lr = ["--max-steps", "2", "--lr", "1e-12"]
+    fresh, warm = tmp_path / "fresh", tmp_path / "warm"
+    for run, extra in ((fresh, []), (warm, ["--init", str(straight)])):
+        r = subprocess.run(train_cmd(pairs, run, *extra) + tiny_lr, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert same_adapter(warm, straight) < 1e-6
+    assert same_adapter(fresh, straight) > 1e-3
+    (tmp_path / "other.yaml").write_text("adapter:\n  rank: 3\n")
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "bad", "--init", str(straight), "--config", str(tmp_path / "other.yaml")),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "other adapter switches (rank)" in r.stderr and "\n" not in r.stderr.strip()
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "none", "--init", str(tmp_path / "nope")), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
 def test_warmup_and_cosine_schedule(pairs, tmp_path):
     r = subprocess.run(
         train_cmd(pairs, tmp_path / "run", "--warmup-steps", "4", "--lr-schedule", "cosine"), capture_output=True

@@ -32,6 +32,9 @@ def train(
         "--resume",
         help="Continue from the run folder's latest checkpoint (--resume, --resume latest) or from the checkpoint folder given.",
     ),
+    init: str | None = typer.Option(
+        None, "--init", help="Start from a finished adapter's weights (file or run folder) instead of a fresh init."
+    ),
     validate_every: int | None = typer.Option(
         None, "--validate-every", help="Every N steps, save a picture of a few fixed pairs edited (run/validation/)."
     ),
@@ -79,7 +82,7 @@ def train(
         "gradient_checkpointing": gradient_checkpointing, "cache": cache, "overwrite": overwrite or None,
         "save_every": save_every, "resume": resume, "validate_every": validate_every, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
         "ema_decay": ema_decay, "optimizer": optimizer, "gate_supervision": gate_supervision,
-        "arch": arch, "expert": expert,
+        "arch": arch, "expert": expert, "init": init,
     }  # fmt: skip
     if dry_run:
         from ..training.train import dry_run as plan_run

@@ -101,6 +101,10 @@ class TrainConfig:
     save_every: int | None = None  # write a resumable checkpoint every N steps (and on Ctrl-C/SIGTERM)
     keep_checkpoints: int = 2  # how many of the latest checkpoints to keep
     resume: str | None = None  # "latest" (the run folder's newest checkpoint) or a checkpoint folder
+    # Start from this adapter's weights (a .safetensors file or a run folder) instead of a fresh init: a finished
+    # adapter trained further, with another objective or on new pairs. It must have this run's arch and switches
+    # and be made for this base; a two-expert base trains each expert from its own (--expert high / low).
+    init: str | None = None
     validate_every: int | None = None  # every N steps, edit a few fixed pairs and save a picture of it
     validation_pairs: int = 4  # how many pairs (the first ones of the prepared folder)
     # Also keep an exponential moving average of the adapter weights with this decay (e.g. 0.999; diffusers'
@@ -174,6 +178,8 @@ class TrainConfig:
             raise UsageError(f"cache must be auto or no, got {self.cache!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UsageError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}.")
+        if self.init is not None and not Path(self.init).exists():
+            raise UsageError(f"--init {self.init} does not exist.", "Give an adapter .safetensors or a run folder.")
         out = Path(self.output)
         if self.resume is not None:
             if resolve_checkpoint(out, self.resume) is None:

@@ -43,9 +43,10 @@ from ..data.dataset import BucketBatchSampler, PairsDataset, load_pairs_manifest
 from ..errors import TrainingError, UsageError
 from ..evaluation.images import contact_sheet
 from ..fsutil import atomic_path, staged_dir
-from ..models.adapter_file import read_adapter_metadata, save_adapter, save_adapter_pair, second_name
+from ..models.adapter_file import load_adapter, read_adapter_metadata, save_adapter, save_adapter_pair, second_name
 from ..models.bases import COMPONENTS, EXPERTS, Base, load_base
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
+from ..models.loading import resolve_adapter_path
 from ..models.wan import encode_text, normalize_latents
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
 from .config import CHECKPOINT_PREFIX, TrainConfig, check_expert_option, resolve_checkpoint, trained_experts
@@ -182,6 +183,31 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
 # ---------------------------------------------------------------------------------------------------
 
 
+def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -> None:
+    """`train.init`: the fresh adapter takes a finished one's weights (after the fresh init's draws, so the data
+    order and noise are a seed's as ever). Refused when its base, arch or switches differ from this run's."""
+    if len(adapters) != 1:
+        raise UsageError(
+            "--init gives one adapter, and this base trains two experts.",
+            "Train each expert on its own (--expert high, then --expert low), each with its own --init.",
+        )
+    expert, adapter = next(iter(adapters.items()))
+    file = resolve_adapter_path(path)
+    init, _ = load_adapter(file, base.identity_of(expert)["fingerprint"])
+    ours, theirs = _public_config(adapter), _public_config(init)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        raise UsageError(
+            f"--init {file} was trained with other adapter switches ({', '.join(differ)}).",
+            "Set this run's `adapter:` and arch to that file's (`imvedit export --inspect` shows them).",
+        )
+    adapter.load_state_dict(init.state_dict())
+
+
+def _public_config(adapter: ImVideoEditAdapter) -> dict:
+    return {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")}
+
+
 def _setup(config: TrainConfig) -> _Run:
     """Everything the loop needs, built in an order that keeps a seed's run the same: the adapters' init is
     the first draw after `torch.manual_seed`."""
@@ -194,6 +220,8 @@ def _setup(config: TrainConfig) -> _Run:
     torch.manual_seed(config.seed)
     switches = config.adapter.switches()
     adapters = {e: ImVideoEditAdapter.for_base(base.expert(e), arch=config.arch, **switches) for e in experts}
+    if config.init is not None:
+        _load_init(config.init, adapters, base)
     models = {e: ImVideoEditTransformer(base.expert(e), a) for e, a in adapters.items()}
     if config.gradient_checkpointing:
         for e in experts:
