@@ -6,9 +6,12 @@ and the source with `source_dropout` (for source guidance, as InstructPix2Pix do
 is the all-zero latent, the same "no source" that the pipeline's source guidance uses.
 
 With `gate_weight` > 0 the gate, averaged over blocks, is also pulled (binary cross-entropy) towards
-the tokens where the pair itself changes: where the normalised source and target latents differ by more
-than `CHANGE_THRESHOLD` on average. Every image pair carries that signal, so no mask is needed; pairs
-trained without their source or their instruction are left out of it (the gate cannot know there).
+each token's share of latent positions where the pair itself changes: where the normalised source and target
+latents differ by more than `CHANGE_THRESHOLD` on average over the channels. Every image pair carries that
+signal, so no mask is needed; pairs trained without their source or their instruction are left out of it (the
+gate cannot know there), and so are pairs that change nearly every token (a global edit has no "where"; pulled
+open everywhere, the gate tinted "make it black and white"). A share rather than a yes/no per token: a token the object's edge only grazes is
+pulled halfway, not fully open, so the gate map's edge follows the object's (docs/toy.md, seventh run).
 
 For a base with two experts (Wan2.2-A14B) each expert's adapter sees only its own part of the schedule:
 `sigma_range` restricts the sigma distribution to it (high noise: sigma >= boundary_ratio, low: below),
@@ -27,12 +30,21 @@ from ..models.imvedit import ImVideoEditTransformer
 # the token counts as changed. On shapes-world pairs unchanged tokens stay below 0.03 (99th percentile)
 # and changed ones above 0.12 (10th percentile).
 CHANGE_THRESHOLD = 0.05
+# A pair whose tokens' mean changed share is at least this is a global edit: it gives the gate no target
+GLOBAL_SHARE = 0.9
 
 
 def changed_tokens(source_latents: torch.Tensor, target_latents: torch.Tensor, patch_size) -> torch.Tensor:
     """(batch, f', h', w') in {0, 1}: the transformer tokens whose latents differ between source and target."""
     d = (target_latents - source_latents).abs().float().mean(1, keepdim=True)
     return (F.avg_pool3d(d, tuple(patch_size))[:, 0] > CHANGE_THRESHOLD).float()
+
+
+def changed_share(source_latents: torch.Tensor, target_latents: torch.Tensor, patch_size) -> torch.Tensor:
+    """(batch, f', h', w') in [0, 1]: each transformer token's share of latent positions (of the patch_size
+    positions it covers) whose latents differ between source and target: the gate's target."""
+    d = (target_latents - source_latents).abs().float().mean(1, keepdim=True)
+    return F.avg_pool3d((d > CHANGE_THRESHOLD).float(), tuple(patch_size))[:, 0]
 
 
 FULL_RANGE = (0.0, 1.0)
@@ -118,9 +130,9 @@ def flow_matching_loss(
     pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text, collect_gates=supervise)
     loss = F.mse_loss(pred.float(), (noise - target_latents).float())
     if supervise:
-        keep = ~(drop_text | drop_source)
+        changed = changed_share(source_latents, target_latents, model.base.config.patch_size)
+        keep = ~(drop_text | drop_source) & (changed.flatten(1).mean(1) < GLOBAL_SHARE)
         if keep.any():
             gate = model.last_gate_map()[keep].clamp(1e-6, 1 - 1e-6)
-            changed = changed_tokens(source_latents, target_latents, model.base.config.patch_size)[keep]
-            loss = loss + gate_weight * F.binary_cross_entropy(gate, changed)
+            loss = loss + gate_weight * F.binary_cross_entropy(gate, changed[keep])
     return loss
