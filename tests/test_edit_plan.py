@@ -118,6 +118,23 @@ def test_dry_run_needs_no_input_and_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_plans_the_guidance_branches_the_edit_runs(monkeypatch):
+    """An edit with guidance 1 runs one branch: the plan counts the negative branch only when the scale,
+    given or the base's default (1 on the toy, 5 on Wan), is not 1."""
+    import imvedit.memory.dry_run as dry_run
+
+    planned = []
+
+    def spy(spec, shape, *args, **kwargs):
+        planned.append(shape.guidance)
+        return choose(spec, shape, *args, **kwargs)
+
+    monkeypatch.setattr(dry_run, "choose", spy)
+    for flags in ([], ["--guidance", "3"], ["--model", f"{CONFIGS}/wan2.1-t2v-1.3b", "--size", "832x480"]):
+        _dry_run("--gpu-memory", "24", *flags)
+    assert planned == [False, True, True]
+
+
 def test_dry_run_human_output_names_the_choice():
     result = runner.invoke(
         app, ["edit", "--dry-run", "--model", f"{CONFIGS}/wan2.2-ti2v-5b", "--size", "832x480", "--gpu-memory", "80"]

@@ -27,7 +27,7 @@ def edit(
     ] = None,
     steps: int | None = typer.Option(None, "--steps", help="Denoising steps. (default: the base's; 30 for Wan)"),
     guidance: float | None = typer.Option(
-        None, "--guidance", help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan)"
+        None, "--guidance", help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan, 1 for the toy)"
     ),
     source_guidance: float = typer.Option(1.0, "--source-guidance", help="Source guidance scale (1 = off)."),
     flow_shift: Annotated[float | None, flow_shift_option("")] = None,

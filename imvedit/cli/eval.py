@@ -72,7 +72,9 @@ def eval_(
         "--steps",
         help="--bench/--manifest: denoising steps. (default: 20 for --bench, the base's for --manifest)",
     ),
-    guidance: float = typer.Option(3.0, "--guidance", help="--bench: text guidance."),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="--bench: text guidance. (default: the base's, as `imvedit edit`; 3 with sdedit)"
+    ),
     flow_shift: Annotated[float | None, flow_shift_option("--bench: ")] = None,
     prompt: str = typer.Option(
         "instruction",

@@ -80,6 +80,9 @@ RECIPE = {
     "lr": 1e-3, "flow_shift": 12.0, "cross_attention_text": "mixed", "gate_text": "instruction", "text_dropout": 0.1,
 }  # fmt: skip
 RECIPE_SWITCHES = {"rank": 16, "aligned_rank": 16, "gate_dim": 32}
+# Every variant edits with the same text guidance, whatever its base's default: SDEdit moves only under
+# guidance, and one scale for all keeps the comparison about the methods
+EVAL_GUIDANCE = 3.0
 
 
 @dataclass
@@ -174,7 +177,7 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
         adapter = None if v.data == "none" else str(work / "runs" / trained)
         bench = ToyBenchConfig(
             model=config.model, adapter=adapter, clips=opts["clips"], seed=config.seed, steps=opts["eval_steps"],
-            report=work / "eval" / v.name, arch=v.eval_arch,
+            guidance=EVAL_GUIDANCE, report=work / "eval" / v.name, arch=v.eval_arch,
         )  # fmt: skip
         result = run_toy_bench(bench)
         s = summaries.get(trained)
@@ -210,6 +213,7 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
             "model": config.model,
             "frames": ToyBenchConfig.frames,
             "size": ToyBenchConfig.size,
+            "guidance": EVAL_GUIDANCE,
         },
         "recipe": {**RECIPE, "adapter": RECIPE_SWITCHES},
         "machine": machine(),
@@ -386,7 +390,7 @@ Do not edit this page by hand: every number comes from `results/results.json`.
 {o["batch_size"]} pairs (or clips) from {o["pairs"]:,} rendered image pairs ({o["video_clips"]:,} 17-frame
 video pairs for `concat-video`), seed {o["seed"]}, learning rate {results["recipe"]["lr"]}, adapter rank
 {results["recipe"]["adapter"]["rank"]}. Evaluation: `imvedit eval --bench toy` on the same {o["clips"]} held-out
-clips ({o["frames"]} frames, {o["size"]}x{o["size"]}, {o["eval_steps"]} denoising steps, text guidance 3), which
+clips ({o["frames"]} frames, {o["size"]}x{o["size"]}, {o["eval_steps"]} denoising steps, text guidance {_f(o.get("guidance", 3.0), 0)}), which
 no variant saw. The ground truth through the VAE scores edit_psnr {_f(ceiling)} dB and temporal_error
 {_f(floor, 4)}: no edit through this VAE can do better. Inside the edit masks it scores edit_region_psnr
 {_f(rows[0]["edit_region_psnr_ceiling"])} dB, and the unedited source {_f(rows[0]["edit_region_psnr_unedited"])} dB: doing

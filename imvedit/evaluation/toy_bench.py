@@ -43,6 +43,9 @@ from .metrics import psnr, temporal_error
 BENCH_SEED_OFFSET = 10**9  # far from prepare toy's training seeds
 PROMPTS = ("description", "instruction")
 SDEDIT_STRENGTH = 0.7
+# SDEdit has no adapter: only text guidance moves it off the noised source, so it keeps the guidance it was
+# benched with here even where the base's own default (what `imvedit edit` uses) is 1
+SDEDIT_GUIDANCE = 3.0
 BENCH_METRICS = (
     "edit_psnr",
     "edit_region_psnr",
@@ -67,7 +70,7 @@ class ToyBenchConfig:
     size: int = 64  # canvas size in pixels
     edits: tuple[str, ...] = ()  # edit kinds to draw from (default: all)
     steps: int = 20  # denoising steps
-    guidance: float = 3.0  # text guidance
+    guidance: float | None = None  # text guidance (default: the base's, what `imvedit edit` uses; 3 with sdedit)
     flow_shift: float | None = None  # the sampler's sigma shift (default: the base scheduler's)
     prompt: str = "instruction"  # what the cross-attention reads: the instruction (as `imvedit edit`) or "description"
     report: Path | None = None  # folder for contact sheets and metrics.json
@@ -97,6 +100,11 @@ class ToyBenchConfig:
     def resolved_strength(self) -> float:
         # SDEdit's usual middle ground: enough noise to change colours, little enough to keep the layout
         return self.strength if self.strength is not None else (SDEDIT_STRENGTH if self.arch == "sdedit" else 1.0)
+
+    def resolved_guidance(self, base_default: float) -> float:
+        if self.guidance is not None:
+            return self.guidance
+        return SDEDIT_GUIDANCE if self.arch == "sdedit" else base_default
 
 
 def _mean(values: list[float]) -> float | None:
@@ -145,7 +153,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
     config.validate()
     start = time.time()
-    pipe, model, adapter = _bench_pipeline(config)
+    pipe, model, adapter, base_guidance = _bench_pipeline(config)
+    guidance = config.resolved_guidance(base_guidance)
     kinds = tuple(config.edits) or EDIT_KINDS
     if config.report is not None:
         Path(config.report).mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,7 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         t0 = time.perf_counter()
         out = pipe(
             ex.source, prompt, gate_prompt=ex.instruction, num_inference_steps=config.steps,
-            guidance_scale=config.guidance, generator=torch.Generator().manual_seed(config.seed * 7919 + i),
+            guidance_scale=guidance, generator=torch.Generator().manual_seed(config.seed * 7919 + i),
             strength=config.resolved_strength,
         )  # fmt: skip
         edit_seconds += time.perf_counter() - t0
@@ -170,6 +179,7 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         if progress:
             progress(i + 1, config.clips)
     result = _summary(config, pipe, model, adapter, per_clip, kinds)
+    result["options"]["guidance"] = guidance  # what ran, where the option was left to the base
     result.update(
         seconds=round(time.time() - start, 2),
         # the pipeline alone (encode, denoise, decode), without loading or scoring
@@ -181,7 +191,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
 
 def _bench_pipeline(config: ToyBenchConfig):
-    """The pipeline the bench edits with, its base's name, and the adapter path (None: the base alone, sdedit)."""
+    """The pipeline the bench edits with, its base's name, the adapter path (None: the base alone, sdedit) and
+    the base's default text guidance."""
 
     # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
     model = config.model or (None if config.adapter else SHAPES_WAN)
@@ -193,7 +204,7 @@ def _bench_pipeline(config: ToyBenchConfig):
     pipe.set_progress_bar_config(disable=True)
     if config.size % pipe.size_multiple:
         raise UsageError(f"--size must be a multiple of {pipe.size_multiple} for this base.")
-    return pipe, base.name, adapter if loaded is not None else None
+    return pipe, base.name, adapter if loaded is not None else None, base.default_guidance
 
 
 def _score_clip(pipe, ex, out) -> dict:

@@ -74,7 +74,8 @@ def edit_dry_run(req: DryRunRequest) -> dict:
         raise UsageError(f"--frames must be at least 1, got {frames}.")
     shape = EditShape(
         width, height, frames, window, req.overlap or spec.window_overlap,
-        guidance=req.guidance != 1.0,  # every base's default guidance is above 1
+        # a negative branch unless the scale is 1: as given, else the base's default (1 on the toy bases)
+        guidance=(req.guidance if req.guidance is not None else spec.default_guidance) != 1.0,
         source_guidance=req.source_guidance != 1.0,
     )  # fmt: skip
     gpu = req.gpu_memory_gib if req.gpu_memory_gib is not None else default_gpu_memory_gib()

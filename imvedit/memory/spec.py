@@ -40,6 +40,7 @@ class BaseSpec:
     default_area: int = 480 * 832
     window_frames: int = 81
     window_overlap: int = 16
+    default_guidance: float = 5.0
 
     def config(self, part: str) -> dict:
         return json.loads(getattr(self, part))
@@ -53,11 +54,14 @@ def _dump(config) -> str:
     return json.dumps(_public(config), sort_keys=True)
 
 
+DEFAULT_FIELDS = ("default_area", "window_frames", "window_overlap", "default_guidance")  # what edit defaults to
+
+
 def read_base_spec(model: str, adapter: str | None = None) -> BaseSpec:
     """The configs of `model` (and the switches of `adapter`, a file or run folder), without weights."""
 
     transformer = read_plan_input(model).transformer_config  # resolves the name, one message when it cannot
-    defaults = {f: Base.__dataclass_fields__[f].default for f in ("default_area", "window_frames", "window_overlap")}
+    defaults = {f: Base.__dataclass_fields__[f].default for f in DEFAULT_FIELDS}
     if model == TINY_RANDOM:
         base = build_tiny_random()
         vae, te = base.vae.config, base.text_encoder.config.to_dict()
