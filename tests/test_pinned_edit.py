@@ -14,10 +14,10 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-BUNDLE = "56e4a1cc94cfb4033450c0fafeebef029ec2c545c8ec2cbc036c9e961bcdad7d"
-PINNED_VIDEO = "0c285e2081a706503c9e88cfbf883b60519617bbc47bc067157ca931e4ce73d5"
-PINNED_MASK = "c9462c9e9ea78b2c811b27f4b71282cbecc1d114721c0bc53d6e03711fb24692"
-PINNED_IMAGE = "775972d948c57bb053afe90e6e0721c5b7378ae533afa5654bd86c1793eec7e9"
+BUNDLE = "2d95696cd140ad08caeb318b4e190ad33e7f48b1cbb57a9f5268c1da4b8299ce"
+PINNED_VIDEO = "52d9be9f754fd7b904c4e80e802300ab171b7219ba1b25a153d1174253c90887"
+PINNED_MASK = "687bb97b7d9e5b2bacd963bc6836078c8c8686571bd1f86af610fcf04849811e"
+PINNED_IMAGE = "39ae08155ed3f89533a923686c907d04b94278b287ca7175a1df131897031aec"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -108,9 +108,9 @@ def test_the_bundled_folder_by_its_path_edits_at_the_toy_size_as_the_name_does(t
     fields = ("default_area", "default_steps", "default_guidance", "window_frames", "window_overlap")
     by_name = load_base(SHAPES_WAN, components=("transformer",))
     by_path = load_base(str(SHAPES_WAN_DIR), components=("transformer",))
-    assert [getattr(by_path, f) for f in fields] == [getattr(by_name, f) for f in fields] == [64 * 64, 20, 3.0, 17, 8]
+    assert [getattr(by_path, f) for f in fields] == [getattr(by_name, f) for f in fields] == [64 * 64, 20, 1.0, 17, 8]
     spec = read_base_spec(str(SHAPES_WAN_DIR))
-    assert (spec.default_area, spec.window_frames, spec.window_overlap) == (64 * 64, 17, 8)
+    assert (spec.default_area, spec.window_frames, spec.window_overlap, spec.default_guidance) == (64 * 64, 17, 8, 1.0)
     assert read_base_spec(SHAPES_WAN).default_area == 64 * 64
     (tmp_path / "pretrain_report.json").write_text("{}")  # a report without the config: not a toy base
     assert toy_defaults(tmp_path) is None and toy_defaults(tmp_path / "missing") is None
@@ -230,6 +230,7 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
     def fake(config, progress=None):
         config.validate()
         seen["world"], seen["prompt"], seen["flow_shift"] = config.world, config.prompt, config.flow_shift
+        seen["guidance"] = config.guidance
         return {
             "overall": dict.fromkeys(toy_bench.BENCH_METRICS) | {"clips": 0},
             "per_kind": {},
@@ -240,13 +241,18 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
     monkeypatch.setattr(toy_bench, "run_toy_bench", fake)
     result = runner.invoke(app, ["eval", "--bench", "toy", "--world", "simple", "--json"])
     assert result.exit_code == 0, result.output
-    assert seen == {"world": "simple", "prompt": "instruction", "flow_shift": None}
+    assert seen == {"world": "simple", "prompt": "instruction", "flow_shift": None, "guidance": None}
     assert (ToyBenchConfig().world, ToyBenchConfig().prompt) == (DEFAULT_WORLD, "instruction")
-    flags = ["--prompt", "description", "--flow-shift", "12"]
+    flags = ["--prompt", "description", "--flow-shift", "12", "--guidance", "2"]
     assert runner.invoke(app, ["eval", "--bench", "toy", *flags, "--json"]).exit_code == 0
-    assert seen == {"world": DEFAULT_WORLD, "prompt": "description", "flow_shift": 12.0}
+    assert seen == {"world": DEFAULT_WORLD, "prompt": "description", "flow_shift": 12.0, "guidance": 2.0}
+    # unset, the bench guides as `imvedit edit` does on the base (1 on the toy), SDEdit as it was benched (3)
+    base = load_base(SHAPES_WAN, components=("transformer",)).default_guidance
+    assert ToyBenchConfig().resolved_guidance(base) == 1.0
+    assert ToyBenchConfig(guidance=2.0).resolved_guidance(base) == 2.0
+    assert ToyBenchConfig(arch="sdedit").resolved_guidance(base) == 3.0
     # the bench samples with that shift, and the base's own scheduler is left as it was
-    pipe, _, _ = toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random", flow_shift=12.0))
+    pipe, _, _, _ = toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random", flow_shift=12.0))
     assert pipe.scheduler.config.shift == 12.0
     assert toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random"))[0].scheduler.config.shift == 3.0
     with pytest.raises(Exception, match="world"):
@@ -307,9 +313,10 @@ def test_the_weights_shipped_in_the_package_stay_under_25_mb():
 
 
 def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
-    """configs/adapter.yaml loads as a training config, sets every option it names as the bundled adapter's own
-    training record says (so the recipe is the run that made the bundle), and plans the adapter of the run
-    docs/toy.md measured (773,284 parameters)."""
+    """configs/adapter.yaml (stage 1) and adapter-gate.yaml (stage 2, from stage 1's run) load as training
+    configs; stage 2 sets every option it names as the bundled adapter's own training record says (so the recipe
+    is the run that made the bundle) and starts from stage 1's adapter with the same switches; both plan the
+    adapter of the run docs/toy.md measured (773,284 parameters)."""
     from pathlib import Path
 
     import yaml
@@ -318,14 +325,18 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     from imvedit.models.bases import SHAPES_WAN_ADAPTER
     from imvedit.training.config import TrainConfig
 
-    root = Path(__file__).parent.parent
-    recipe = root / "imvedit/toy/configs/adapter.yaml"
-    config = TrainConfig.from_sources(recipe, {}, required=())
-    assert config.flow_shift == 12.0 and config.adapter.text_difference and config.epochs == 5
+    configs = Path(__file__).parent.parent / "imvedit/toy/configs"
+    first, second = configs / "adapter.yaml", configs / "adapter-gate.yaml"
+    stage1 = TrainConfig.from_sources(first, {}, required=())
+    stage2 = TrainConfig.from_sources(second, {}, required=())
+    assert stage1.flow_shift == 12.0 and stage1.adapter.text_difference and stage1.epochs == 5
+    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.5 and stage2.max_steps == 900
+    assert stage2.adapter.switches() == stage1.adapter.switches() and stage2.model == stage1.model
     if SHAPES_WAN_ADAPTER.exists():
         trained = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["config"]
-        for option, value in yaml.safe_load(recipe.read_text()).items():
+        for option, value in yaml.safe_load(second.read_text()).items():
             assert trained[option] == value, (option, trained[option], value)
-    result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["adapter_parameters"] == 773_284
+    for recipe in (first, second):
+        result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["adapter_parameters"] == 773_284
