@@ -9,9 +9,10 @@ With `gate_weight` > 0 the gate, averaged over blocks, is also pulled (binary cr
 each token's share of latent positions where the pair itself changes: where the normalised source and target
 latents differ by more than `CHANGE_THRESHOLD` on average over the channels. Every image pair carries that
 signal, so no mask is needed; pairs trained without their source or their instruction are left out of it (the
-gate cannot know there), and so are pairs that change nearly every token (a global edit has no "where"; pulled
-open everywhere, the gate tinted "make it black and white"). A share rather than a yes/no per token: a token the object's edge only grazes is
-pulled halfway, not fully open, so the gate map's edge follows the object's (docs/toy.md, seventh run).
+gate cannot know there), and so are pairs that change nearly every token (a global edit has no "where";
+pulled open everywhere, the gate tinted "make it black and white"). A share rather than a yes/no per token:
+a token the object's edge only grazes is pulled part of the way, not fully open, so the gate map's edge
+follows the object's (docs/toy.md, seventh run).
 
 For a base with two experts (Wan2.2-A14B) each expert's adapter sees only its own part of the schedule:
 `sigma_range` restricts the sigma distribution to it (high noise: sigma >= boundary_ratio, low: below),
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 
 from ..models.imvedit import ImVideoEditTransformer
 
-# Mean |target - source| over a token's normalised latents (unit std per channel on Wan's VAEs) above which
-# the token counts as changed. On shapes-world pairs unchanged tokens stay below 0.03 (99th percentile)
-# and changed ones above 0.12 (10th percentile).
+# Mean |target - source| over the channels of normalised latents (unit std per channel on Wan's VAEs) above
+# which a latent position (`changed_share`) or a whole token (`changed_tokens`) counts as changed. On
+# shapes-world pairs unchanged tokens stay below 0.03 (99th percentile) and changed ones above 0.12 (10th).
 CHANGE_THRESHOLD = 0.05
 # A pair whose tokens' mean changed share is at least this is a global edit: it gives the gate no target
 GLOBAL_SHARE = 0.9
