@@ -17,7 +17,15 @@ import torch
 
 from ..errors import UsageError
 from ..models.adapter_file import read_adapter_metadata
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_DIR, TINY_RANDOM, Base, build_tiny_random, toy_defaults
+from ..models.bases import (
+    SHAPES_WAN,
+    SHAPES_WAN_DIR,
+    TINY_RANDOM,
+    Base,
+    build_tiny_random,
+    public_config,
+    toy_defaults,
+)
 from ..models.imvedit import ImVideoEditAdapter
 from ..models.loading import resolve_adapter_path
 from ..training.plan import UMT5_XXL, read_plan_input
@@ -46,12 +54,8 @@ class BaseSpec:
         return json.loads(getattr(self, part))
 
 
-def _public(config) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-
-
 def _dump(config) -> str:
-    return json.dumps(_public(config), sort_keys=True)
+    return json.dumps(public_config(config), sort_keys=True)
 
 
 DEFAULT_FIELDS = ("default_area", "window_frames", "window_overlap", "default_guidance")  # what edit defaults to

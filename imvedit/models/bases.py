@@ -81,7 +81,7 @@ class Base:
         return {
             "name": self.name,
             "fingerprint": config_fingerprint(config),
-            "transformer_config": _public_config(config),
+            "transformer_config": public_config(config),
         }
 
 
@@ -90,13 +90,15 @@ def bundle_available() -> bool:
     return (SHAPES_WAN_DIR / "model_index.json").is_file() and SHAPES_WAN_ADAPTER.is_file()
 
 
-def _public_config(config) -> dict:
+def public_config(config) -> dict:
+    """A diffusers config (or any mapping) without its private `_` keys, tuples as lists: what JSON and an
+    equality test between two configs should see."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
 def config_fingerprint(config) -> str:
     """A short hash of the transformer's architecture: an adapter only fits a base with the same one."""
-    blob = json.dumps(_public_config(config), sort_keys=True, default=str)
+    blob = json.dumps(public_config(config), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -37,15 +37,20 @@ GLOBAL_SHARE = 0.9
 
 def changed_tokens(source_latents: torch.Tensor, target_latents: torch.Tensor, patch_size) -> torch.Tensor:
     """(batch, f', h', w') in {0, 1}: the transformer tokens whose latents differ between source and target."""
-    d = (target_latents - source_latents).abs().float().mean(1, keepdim=True)
-    return (F.avg_pool3d(d, tuple(patch_size))[:, 0] > CHANGE_THRESHOLD).float()
+    per_token = F.avg_pool3d(_mean_change(source_latents, target_latents), tuple(patch_size))[:, 0]
+    return (per_token > CHANGE_THRESHOLD).float()
 
 
 def changed_share(source_latents: torch.Tensor, target_latents: torch.Tensor, patch_size) -> torch.Tensor:
     """(batch, f', h', w') in [0, 1]: each transformer token's share of latent positions (of the patch_size
     positions it covers) whose latents differ between source and target: the gate's target."""
-    d = (target_latents - source_latents).abs().float().mean(1, keepdim=True)
-    return F.avg_pool3d((d > CHANGE_THRESHOLD).float(), tuple(patch_size))[:, 0]
+    changed = _mean_change(source_latents, target_latents) > CHANGE_THRESHOLD
+    return F.avg_pool3d(changed.float(), tuple(patch_size))[:, 0]
+
+
+def _mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, f, h, w): mean |target - source| over the channels, per latent position."""
+    return (target_latents - source_latents).abs().float().mean(1, keepdim=True)
 
 
 FULL_RANGE = (0.0, 1.0)

@@ -44,7 +44,7 @@ from ..errors import TrainingError, UsageError
 from ..evaluation.images import contact_sheet
 from ..fsutil import atomic_path, staged_dir
 from ..models.adapter_file import load_adapter, read_adapter_metadata, save_adapter, save_adapter_pair, second_name
-from ..models.bases import COMPONENTS, EXPERTS, Base, load_base
+from ..models.bases import COMPONENTS, EXPERTS, Base, load_base, public_config
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from ..models.loading import resolve_adapter_path
 from ..models.wan import encode_text, normalize_latents
@@ -194,7 +194,7 @@ def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -
     expert, adapter = next(iter(adapters.items()))
     file = resolve_adapter_path(path)
     init, _ = load_adapter(file, base.identity_of(expert)["fingerprint"])
-    ours, theirs = _public_config(adapter), _public_config(init)
+    ours, theirs = public_config(adapter.config), public_config(init.config)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differ:
         raise UsageError(
@@ -202,10 +202,6 @@ def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -
             "Set this run's `adapter:` and arch to that file's (`imvedit export --inspect` shows them).",
         )
     adapter.load_state_dict(init.state_dict())
-
-
-def _public_config(adapter: ImVideoEditAdapter) -> dict:
-    return {k: v for k, v in dict(adapter.config).items() if not k.startswith("_")}
 
 
 def _setup(config: TrainConfig) -> _Run:
