@@ -304,18 +304,22 @@ def test_changed_tokens_marks_the_patches_where_the_pair_differs():
     assert changed[0, 0, 1, 2] == 1 and changed.sum() == 1
 
 
-def test_changed_share_is_each_tokens_share_of_changed_positions():
-    """The gate's target: a token whose patch the change only grazes gets its share, not 0 or 1."""
-    from imvedit.training.flow_matching import CHANGE_THRESHOLD, changed_share
+def test_changed_share_is_each_tokens_share_of_edited_positions():
+    """The gate's target: a token whose patch the edit only grazes gets its share, not 0 or 1, and the weak
+    change a VAE spreads around an edit is not part of it (though it counts as a change for changed_tokens)."""
+    from imvedit.training.flow_matching import CHANGE_THRESHOLD, EDIT_THRESHOLD, changed_share, changed_tokens
 
     source = torch.randn(2, 4, 1, 8, 8)
     target = source.clone()
     target[0, :, :, 2:4, 4:6] += 1.0  # the whole 2x2 patch of token (1, 2)
     target[0, :, :, 0, 0] += 1.0  # one of token (0, 0)'s four positions
-    target[1] += CHANGE_THRESHOLD / 2  # pair 1: a change below the threshold everywhere
+    target[0, :, :, 4:6, 0:2] += (CHANGE_THRESHOLD + EDIT_THRESHOLD) / 2  # token (2, 0): a spill, not an edit
+    target[1] += CHANGE_THRESHOLD / 2  # pair 1: a change below both thresholds everywhere
     share = changed_share(source, target, (1, 2, 2))
     assert share.shape == (2, 1, 4, 4)
     assert share[0, 0, 1, 2] == 1 and share[0, 0, 0, 0] == 0.25 and share.sum() == 1.25
+    assert changed_tokens(source, target, (1, 2, 2))[0, 0, 2, 0] == 1
+    assert changed_share(source, target, (1, 2, 2), CHANGE_THRESHOLD)[0, 0, 2, 0] == 1
 
 
 def test_gate_supervision_teaches_the_gate_where_the_pairs_change(tiny_base):
