@@ -14,10 +14,10 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-BUNDLE = "2d95696cd140ad08caeb318b4e190ad33e7f48b1cbb57a9f5268c1da4b8299ce"
-PINNED_VIDEO = "52d9be9f754fd7b904c4e80e802300ab171b7219ba1b25a153d1174253c90887"
-PINNED_MASK = "687bb97b7d9e5b2bacd963bc6836078c8c8686571bd1f86af610fcf04849811e"
-PINNED_IMAGE = "39ae08155ed3f89533a923686c907d04b94278b287ca7175a1df131897031aec"
+BUNDLE = "3633abc97afd57e5c0ec2ba7867e46e4e87d3d3bb5c4b8df3b0a7aaf516c7f87"
+PINNED_VIDEO = "3d6a39054e09e3c29a3832ee8d712c8276618083f3bfdd05ce2603bb200d33d3"
+PINNED_MASK = "8cbf0093064e3273a15c072e0178c91ef5a317b7d3c59999bdc52dcab4c9a827"
+PINNED_IMAGE = "038af15a99acc6244b383ef6583d8a8b960552b12366e21969b0ebf228ab0dca"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -330,7 +330,7 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     stage1 = TrainConfig.from_sources(first, {}, required=())
     stage2 = TrainConfig.from_sources(second, {}, required=())
     assert stage1.flow_shift == 12.0 and stage1.adapter.text_difference and stage1.epochs == 5
-    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.5 and stage2.max_steps == 900
+    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.25 and stage2.max_steps == 900
     assert stage2.adapter.switches() == stage1.adapter.switches() and stage2.model == stage1.model
     if SHAPES_WAN_ADAPTER.exists():
         trained = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["config"]
