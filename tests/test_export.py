@@ -48,9 +48,7 @@ def edit_with(pipe):
 def reference_edit(adapter_path):
     base = build_tiny_random()
     adapter, _ = load_adapter(adapter_path, base.fingerprint)
-    return edit_with(
-        ImVideoEditPipeline.from_base(base, adapter)
-    )
+    return edit_with(ImVideoEditPipeline.from_base(base, adapter))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])

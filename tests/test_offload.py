@@ -257,4 +257,9 @@ def test_an_edit_on_auto_takes_the_plans_choice_for_its_input(tmp_path):
     config.source_cache = "recompute"  # what the user gives is kept
     assert memory_options(config, gpu_memory_gib=200)["source_cache"] == "recompute"
     on_cpu = EditConfig(clip, "x", tmp_path / "o.mp4", model="tiny-random", device="cpu")
-    assert memory_options(on_cpu) == {"offload": "none", "source_cache": "device", "cfg_batch": "on", "sda_chunking": "off"}
+    assert memory_options(on_cpu) == {
+        "offload": "none",
+        "source_cache": "device",
+        "cfg_batch": "on",
+        "sda_chunking": "off",
+    }

@@ -87,7 +87,10 @@ def test_each_headline_says_whether_its_claim_held_from_the_numbers():
         _row("sdedit", 13.0, 0.02, 0.0, g(14.0, 15.0, 16.0)),
     ]
     text = "\n".join(claims({"rows": rows}))
-    assert "**1. Image pairs edit videos about as well as video pairs (imvedit vs concat-video) — held for local, global only." in text
+    assert (
+        "**1. Image pairs edit videos about as well as video pairs (imvedit vs concat-video) — held for local, global only."
+        in text
+    )
     assert "background 18.00 vs 21.00 (not held)" in text and "− 1 dB" in text
     assert "consistent (per-frame vs imvedit) — held for every group." in text
     assert "**3. A small fraction of the compute — held.**" in text
@@ -96,6 +99,4 @@ def test_each_headline_says_whether_its_claim_held_from_the_numbers():
     assert "Edits happen (imvedit vs untrained SDEdit) — held for global only." in "\n".join(claims({"rows": rows}))
     # rows from before groups were kept: one verdict over all kinds
     old = [_row("imvedit", 20.0, 0.01), _row("sdedit", 17.0, 0.02)]
-    assert "— not held.** Threshold: imvedit's edit_region_psnr at least SDEdit's + 5 dB" in claims(
-        {"rows": old}
-    )[0]
+    assert "— not held.** Threshold: imvedit's edit_region_psnr at least SDEdit's + 5 dB" in claims({"rows": old})[0]

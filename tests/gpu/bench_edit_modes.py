@@ -93,7 +93,9 @@ def main() -> None:
         del pipe, out
         torch.cuda.empty_cache()
     print(f"\n{args.model}, {width}x{height}, {args.frames} frames, {args.steps} steps\n")
-    print("| source cache / cfg batch / offload [/ fp8] [/ SDA pieces] | seconds | peak GiB | max pixel diff vs first |")
+    print(
+        "| source cache / cfg batch / offload [/ fp8] [/ SDA pieces] | seconds | peak GiB | max pixel diff vs first |"
+    )
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['seconds']} | {r['peak_gib']} | {r['max_diff']:.4f} |")
