@@ -37,6 +37,7 @@ from ..models.loading import load_model
 from ..models.wan import normalize_latents, video_to_tensor
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline, upsample_gate
 from ..toy.world import DEFAULT_WORLD, EDIT_KINDS, LOCAL_KINDS, WORLDS, sample_example
+from ..training.flow_matching import EDIT_THRESHOLD, changed_share
 from .images import contact_sheet
 from .metrics import psnr, temporal_error
 
@@ -136,6 +137,21 @@ def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
     share = mask.reshape(f, h // token, token, w // token, token).mean(axis=(2, 4))
     up = upsample_gate(torch.from_numpy(share)[None, None], (f, h, w))
     return gate_iou(up[0, 0].numpy(), mask)
+
+
+@torch.no_grad()
+def gate_target_iou(
+    vae, patch_size, source: np.ndarray, target: np.ndarray, mask: np.ndarray, threshold: float = EDIT_THRESHOLD
+) -> float:
+    """`gate_iou` of what `gate_supervision` trains the gate towards (flow_matching.changed_share: each token's
+    share of latent positions changed by more than `threshold`) on uint8 frames through `vae`: no learnt gate
+    can draw a sharper map than its target."""
+
+    source_z, target_z = (
+        normalize_latents(vae, vae.encode(video_to_tensor(v)).latent_dist.mode()) for v in (source, target)
+    )
+    share = changed_share(source_z, target_z, patch_size, threshold)
+    return gate_iou(upsample_gate(share[:, None], mask.shape)[0, 0].numpy(), mask)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@
 change by more than a threshold (flow_matching.changed_share); the gate can learn no sharper a map than that
 target. For the first frame of the toy bench's clips (the same seeds as `imvedit eval --bench toy`), source
 and ground truth go through the bundled base's VAE, and the target at each threshold is scored as the bench
-scores a gate map (`gate_iou` against the pixel mask, local edits only), beside `gate_iou_ceiling` (an
+scores a gate map (`toy_bench.gate_target_iou`: `gate_iou` against the pixel mask, local edits only), beside `gate_iou_ceiling` (an
 ideal per-token gate). Also the per-position change's percentiles wholly inside, on the edge of and wholly
 outside the edited object, which is where a threshold has to fall. Prints one JSON object. Not a test.
 """
@@ -17,12 +17,10 @@ import json
 import numpy as np
 import torch
 
-from imvedit.evaluation.toy_bench import BENCH_SEED_OFFSET, gate_iou, gate_iou_ceiling
+from imvedit.evaluation.toy_bench import BENCH_SEED_OFFSET, gate_iou_ceiling, gate_target_iou
 from imvedit.models.bases import SHAPES_WAN, load_base
 from imvedit.models.wan import normalize_latents, video_to_tensor
-from imvedit.pipeline.pipeline_imvedit import upsample_gate
 from imvedit.toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
-from imvedit.training.flow_matching import changed_share
 
 PERCENTILES = (1, 5, 50, 95, 99)
 
@@ -48,11 +46,10 @@ def main() -> None:
             for v in (ex.source, ex.target)
         ]
         for t in args.thresholds:
-            share = changed_share(*latents, patch, t)
-            ious[t].append(gate_iou(upsample_gate(share[:, None], ex.mask.shape)[0, 0].numpy(), ex.mask))
-        ceilings.append(gate_iou_ceiling(ex.mask, args.size // share.shape[-1]))
+            ious[t].append(gate_target_iou(base.vae, patch, ex.source, ex.target, ex.mask, t))
         change = (latents[1] - latents[0]).abs().mean(1)[0, 0].numpy()  # (h, w) latent positions
         k = args.size // change.shape[-1]  # pixels per latent position
+        ceilings.append(gate_iou_ceiling(ex.mask, k * patch[-1]))  # pixels per token
         covered = ex.mask[0].reshape(change.shape[0], k, change.shape[1], k).mean(axis=(1, 3))
         where["inside"].append(change[covered == 1])
         where["edge"].append(change[(covered > 0) & (covered < 1)])
