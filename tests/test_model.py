@@ -367,6 +367,30 @@ def test_gate_supervision_teaches_the_gate_where_the_pairs_change(tiny_base):
     assert supervised > unsupervised + 0.1, (supervised, unsupervised)
 
 
+def test_gate_threshold_sets_what_the_gates_target_counts_as_edited(tiny_base):
+    """The same batch and draws: a threshold above every change the pair makes leaves the gate a target of
+    zeros, which gives another loss than the default's, where the changed quarter is a target of ones."""
+    adapter = ImVideoEditAdapter.for_base(tiny_base.transformer)
+    for name, p in adapter.named_parameters():
+        if "gate_out.bias" in name:
+            p.data.fill_(1.0)  # open 0.73, not the initial 0.5, where BCE is log 2 whatever the target
+    model = ImVideoEditTransformer(tiny_base.transformer, adapter)
+    _, src, text, gate_text = inputs(batch=2, frames=1, seed=0)
+    target = src.clone()
+    target[..., :4, :4] += 1.0  # a change of 1 per channel in one quarter
+
+    def loss(threshold):
+        return flow_matching_loss(
+            model, source_latents=src, target_latents=target, text=text, gate_text=gate_text,
+            empty_text=torch.zeros(1, 7, 16), empty_gate_text=torch.zeros(1, 16), generator=torch.Generator().manual_seed(0),
+            text_dropout=0.0, source_dropout=0.0, gate_weight=1.0, gate_threshold=threshold,
+        ).item()  # fmt: skip
+
+    with torch.no_grad():
+        assert loss(0.5) == loss(0.9)  # both count the quarter, and nothing else
+        assert loss(2.0) != loss(0.5)  # nothing counts
+
+
 def test_rope_is_wans_interleaved_rotation(tiny_base):
     """The complex-product rotary equals Wan's real form: channels (2i, 2i+1) turned by one angle."""
     frames, h, w = 2, 3, 4

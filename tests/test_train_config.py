@@ -59,6 +59,7 @@ def test_validate_refuses_bad_values(tmp_path, pairs_folder):
     for bad, match in [
         ({"lr": 0}, "lr"),
         ({"gate_text": "both"}, "gate_text"),
+        ({"gate_threshold": 0}, "gate_threshold"),
         ({"adapter": {"rnk": 2}}, "Unknown adapter option"),
     ]:
         with pytest.raises(UsageError, match=match):

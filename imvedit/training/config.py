@@ -20,6 +20,7 @@ import yaml
 from ..errors import UsageError
 from ..models.bases import EXPERTS, expert_count
 from ..models.imvedit import ARCH_DEFAULTS, ARCHS
+from .flow_matching import EDIT_THRESHOLD
 
 TEXT_CHOICES = ("instruction", "description", "mixed")
 OPTIMIZERS = ("adamw", "adamw-fused", "adamw8bit")
@@ -92,6 +93,10 @@ class TrainConfig:
     # Weight of a loss pulling the gate towards the tokens the pair changes (flow_matching.py); 0: the gate
     # learns from the edit loss alone. It makes the gate map an edit mask rather than a mixing weight.
     gate_supervision: float = 0.0
+    # Mean change of the normalised latents over the channels above which a latent position counts as edited in
+    # that loss's target. 0.5 was measured on the toy's codec only (tests/benchmarks/probe_gate_target.py);
+    # on a real Wan VAE it is not: check a trained adapter's gate maps (edit --save-mask) before trusting them.
+    gate_threshold: float = EDIT_THRESHOLD
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
@@ -156,6 +161,8 @@ class TrainConfig:
             raise UsageError("validate_every and validation_pairs must be at least 1.")
         if self.gate_supervision < 0:
             raise UsageError(f"gate_supervision must be ≥ 0, got {self.gate_supervision}.")
+        if self.gate_threshold <= 0:
+            raise UsageError(f"gate_threshold must be > 0, got {self.gate_threshold}.")
         if self.arch == "sdedit":
             raise UsageError(
                 "arch sdedit needs no training.",

@@ -122,6 +122,7 @@ def flow_matching_loss(
     shift: float = 3.0,
     forward=None,
     gate_weight: float = 0.0,
+    gate_threshold: float = EDIT_THRESHOLD,
     sigma_range: tuple[float, float] = FULL_RANGE,
 ) -> torch.Tensor:
     """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
@@ -150,7 +151,7 @@ def flow_matching_loss(
     loss = F.mse_loss(pred.float(), (noise - target_latents).float())
     if supervise:
         patch = model.base.config.patch_size
-        changed = changed_share(source_latents, target_latents, patch)
+        changed = changed_share(source_latents, target_latents, patch, gate_threshold)
         touched = changed_share(source_latents, target_latents, patch, CHANGE_THRESHOLD)  # any change at all
         keep = ~(drop_text | drop_source) & (touched.flatten(1).mean(1) < GLOBAL_SHARE)
         if keep.any():

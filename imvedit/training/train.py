@@ -347,6 +347,7 @@ def _train_step(run: _Run, inputs: _StepInputs, expert: str) -> None:
             shift=config.flow_shift,
             forward=run.forwards[expert],
             gate_weight=config.gate_supervision,
+            gate_threshold=config.gate_threshold,
             sigma_range=run.sigma_ranges[expert],
         )
     if not torch.isfinite(loss):
