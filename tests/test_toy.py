@@ -14,6 +14,7 @@ from imvedit.evaluation.metrics import psnr
 from imvedit.evaluation.toy_bench import (
     BENCH_SEED_OFFSET,
     ToyBenchConfig,
+    encode_frames,
     gate_iou,
     gate_iou_ceiling,
     gate_target_iou,
@@ -71,7 +72,7 @@ def test_the_gate_target_marks_the_edit_not_the_ring_the_codec_spreads():
     """gate_supervision's target through the bundled base's VAE, on the bench's first local clips: counting only
     changes above EDIT_THRESHOLD traces the edited object far better than counting any change, which takes in
     the weaker change the VAE spreads a latent position past it (docs/toy.md, eighth run: 0.71 against 0.41)."""
-    from imvedit.training.flow_matching import CHANGE_THRESHOLD
+    from imvedit.training.flow_matching import CHANGE_THRESHOLD, EDIT_THRESHOLD
 
     base = load_base(SHAPES_WAN, torch_dtype=torch.float32, components=("vae", "transformer"))
     patch = base.transformer.config.patch_size
@@ -79,8 +80,10 @@ def test_the_gate_target_marks_the_edit_not_the_ring_the_codec_spreads():
     for i in range(12):
         ex = sample_example(BENCH_SEED_OFFSET + i, frames=1, size=64)
         if ex.kind in LOCAL_KINDS:
-            edited.append(gate_target_iou(base.vae, patch, ex.source, ex.target, ex.mask))
-            changed.append(gate_target_iou(base.vae, patch, ex.source, ex.target, ex.mask, CHANGE_THRESHOLD))
+            latents = [encode_frames(base.vae, v) for v in (ex.source, ex.target)]
+            iou = gate_target_iou(*latents, ex.mask, patch, (EDIT_THRESHOLD, CHANGE_THRESHOLD))
+            edited.append(iou[0])
+            changed.append(iou[1])
     assert len(edited) >= 6
     assert np.mean(edited) >= 0.6 and np.mean(edited) >= np.mean(changed) + 0.15, (edited, changed)
 

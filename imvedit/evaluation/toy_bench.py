@@ -140,26 +140,35 @@ def gate_iou_ceiling(mask: np.ndarray, token: int) -> float:
 
 
 @torch.no_grad()
-def gate_target_iou(
-    vae, patch_size, source: np.ndarray, target: np.ndarray, mask: np.ndarray, threshold: float = EDIT_THRESHOLD
-) -> float:
-    """`gate_iou` of what `gate_supervision` trains the gate towards (flow_matching.changed_share: each token's
-    share of latent positions changed by more than `threshold`) on uint8 frames through `vae`: no learnt gate
-    can draw a sharper map than its target."""
+def encode_frames(vae, video: np.ndarray) -> torch.Tensor:
+    """uint8 frames (f, h, w, 3) to the normalised latents (1, c, f', h', w') the transformer sees."""
+    x = video_to_tensor(video).to(vae.device, vae.dtype)
+    return normalize_latents(vae, vae.encode(x).latent_dist.mode())
 
-    source_z, target_z = (
-        normalize_latents(vae, vae.encode(video_to_tensor(v)).latent_dist.mode()) for v in (source, target)
-    )
-    share = changed_share(source_z, target_z, patch_size, threshold)
-    return gate_iou(upsample_gate(share[:, None], mask.shape)[0, 0].numpy(), mask)
+
+def gate_target_iou(
+    source_latents: torch.Tensor,
+    target_latents: torch.Tensor,
+    mask: np.ndarray,
+    patch_size,
+    thresholds=(EDIT_THRESHOLD,),
+) -> list[float]:
+    """`gate_iou` of what `gate_supervision` trains the gate towards (flow_matching.changed_share: each token's
+    share of latent positions changed by more than a threshold), for each of `thresholds`, from a pair's
+    latents (`encode_frames`) and its pixel mask: no learnt gate can draw a sharper map than its target."""
+
+    ious = []
+    for threshold in thresholds:
+        share = changed_share(source_latents, target_latents, patch_size, threshold)
+        ious.append(gate_iou(upsample_gate(share[:, None], mask.shape)[0, 0].numpy(), mask))
+    return ious
 
 
 @torch.no_grad()
 def vae_round_trip(pipe, video: np.ndarray) -> np.ndarray:
     """uint8 frames through the pipeline's VAE and back: what a perfect edit would look like."""
 
-    x = video_to_tensor(video).to(pipe.vae.device, pipe.vae.dtype)
-    z = normalize_latents(pipe.vae, pipe.vae.encode(x).latent_dist.mode())
+    z = encode_frames(pipe.vae, video)
     y = pipe.vae.decode(normalize_latents(pipe.vae, z, inverse=True), return_dict=False)[0]
     return ((y[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()[: len(video)]
 

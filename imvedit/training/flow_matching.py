@@ -57,8 +57,12 @@ def changed_share(
     """(batch, f', h', w') in [0, 1]: each transformer token's share of latent positions (of the patch_size
     positions it covers) whose latents differ by more than `threshold` between source and target: with the
     default, the gate's target."""
-    changed = _mean_change(source_latents, target_latents) > threshold
-    return F.avg_pool3d(changed.float(), tuple(patch_size))[:, 0]
+    return _token_share(_mean_change(source_latents, target_latents) > threshold, patch_size)
+
+
+def _token_share(positions: torch.Tensor, patch_size) -> torch.Tensor:
+    """(batch, 1, f, h, w) booleans per latent position -> (batch, f', h', w'): each token's share of them."""
+    return F.avg_pool3d(positions.float(), tuple(patch_size))[:, 0]
 
 
 def _mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> torch.Tensor:
@@ -150,10 +154,10 @@ def flow_matching_loss(
     pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text, collect_gates=supervise)
     loss = F.mse_loss(pred.float(), (noise - target_latents).float())
     if supervise:
-        patch = model.base.config.patch_size
-        changed = changed_share(source_latents, target_latents, patch, gate_threshold)
-        touched = changed_share(source_latents, target_latents, patch, CHANGE_THRESHOLD)  # any change at all
-        keep = ~(drop_text | drop_source) & (touched.flatten(1).mean(1) < GLOBAL_SHARE)
+        change = _mean_change(source_latents, target_latents)
+        changed = _token_share(change > gate_threshold, model.base.config.patch_size)
+        touched = (change > CHANGE_THRESHOLD).flatten(1).float().mean(1)  # share of positions changed at all
+        keep = ~(drop_text | drop_source) & (touched < GLOBAL_SHARE)
         if keep.any():
             gate = model.last_gate_map()[keep].clamp(1e-6, 1 - 1e-6)
             loss = loss + gate_weight * F.binary_cross_entropy(gate, changed[keep])

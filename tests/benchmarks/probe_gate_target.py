@@ -17,9 +17,8 @@ import json
 import numpy as np
 import torch
 
-from imvedit.evaluation.toy_bench import BENCH_SEED_OFFSET, gate_iou_ceiling, gate_target_iou
+from imvedit.evaluation.toy_bench import BENCH_SEED_OFFSET, encode_frames, gate_iou_ceiling, gate_target_iou
 from imvedit.models.bases import SHAPES_WAN, load_base
-from imvedit.models.wan import normalize_latents, video_to_tensor
 from imvedit.toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
 
 PERCENTILES = (1, 5, 50, 95, 99)
@@ -41,12 +40,9 @@ def main() -> None:
         ex = sample_example(BENCH_SEED_OFFSET + i, frames=1, size=args.size, kinds=EDIT_KINDS)
         if ex.kind not in LOCAL_KINDS:
             continue
-        latents = [
-            normalize_latents(base.vae, base.vae.encode(video_to_tensor(v)).latent_dist.mode())
-            for v in (ex.source, ex.target)
-        ]
-        for t in args.thresholds:
-            ious[t].append(gate_target_iou(base.vae, patch, ex.source, ex.target, ex.mask, t))
+        latents = [encode_frames(base.vae, v) for v in (ex.source, ex.target)]
+        for t, iou in zip(args.thresholds, gate_target_iou(*latents, ex.mask, patch, args.thresholds), strict=True):
+            ious[t].append(iou)
         change = (latents[1] - latents[0]).abs().mean(1)[0, 0].numpy()  # (h, w) latent positions
         k = args.size // change.shape[-1]  # pixels per latent position
         ceilings.append(gate_iou_ceiling(ex.mask, k * patch[-1]))  # pixels per token
