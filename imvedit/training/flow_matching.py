@@ -47,7 +47,7 @@ GLOBAL_SHARE = 0.9
 
 def changed_tokens(source_latents: torch.Tensor, target_latents: torch.Tensor, patch_size) -> torch.Tensor:
     """(batch, f', h', w') in {0, 1}: the transformer tokens whose latents differ between source and target."""
-    per_token = F.avg_pool3d(_mean_change(source_latents, target_latents), tuple(patch_size))[:, 0]
+    per_token = F.avg_pool3d(mean_change(source_latents, target_latents), tuple(patch_size))[:, 0]
     return (per_token > CHANGE_THRESHOLD).float()
 
 
@@ -57,7 +57,7 @@ def changed_share(
     """(batch, f', h', w') in [0, 1]: each transformer token's share of latent positions (of the patch_size
     positions it covers) whose latents differ by more than `threshold` between source and target: with the
     default, the gate's target."""
-    return _token_share(_mean_change(source_latents, target_latents) > threshold, patch_size)
+    return _token_share(mean_change(source_latents, target_latents) > threshold, patch_size)
 
 
 def _token_share(positions: torch.Tensor, patch_size) -> torch.Tensor:
@@ -65,7 +65,7 @@ def _token_share(positions: torch.Tensor, patch_size) -> torch.Tensor:
     return F.avg_pool3d(positions.float(), tuple(patch_size))[:, 0]
 
 
-def _mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> torch.Tensor:
+def mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> torch.Tensor:
     """(batch, 1, f, h, w): mean |target - source| over the channels, per latent position."""
     return (target_latents - source_latents).abs().float().mean(1, keepdim=True)
 
@@ -154,7 +154,7 @@ def flow_matching_loss(
     pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text, collect_gates=supervise)
     loss = F.mse_loss(pred.float(), (noise - target_latents).float())
     if supervise:
-        change = _mean_change(source_latents, target_latents)
+        change = mean_change(source_latents, target_latents)
         changed = _token_share(change > gate_threshold, model.base.config.patch_size)
         touched = (change > CHANGE_THRESHOLD).flatten(1).float().mean(1)  # share of positions changed at all
         keep = ~(drop_text | drop_source) & (touched < GLOBAL_SHARE)

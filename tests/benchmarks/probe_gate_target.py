@@ -6,8 +6,8 @@
 change by more than a threshold (flow_matching.changed_share); the gate can learn no sharper a map than that
 target. For the first frame of the toy bench's clips (the same seeds as `imvedit eval --bench toy`), source
 and ground truth go through the bundled base's VAE, and the target at each threshold is scored as the bench
-scores a gate map (`toy_bench.gate_target_iou`: `gate_iou` against the pixel mask, local edits only), beside `gate_iou_ceiling` (an
-ideal per-token gate). Also the per-position change's percentiles wholly inside, on the edge of and wholly
+scores a gate map (`toy_bench.gate_target_iou`: `gate_iou` against the pixel mask, local edits only), beside
+`gate_iou_ceiling` (an ideal per-token gate). Also the per-position change's percentiles wholly inside, on the edge of and wholly
 outside the edited object, which is where a threshold has to fall. Prints one JSON object. Not a test.
 """
 
@@ -20,6 +20,7 @@ import torch
 from imvedit.evaluation.toy_bench import BENCH_SEED_OFFSET, encode_frames, gate_iou_ceiling, gate_target_iou
 from imvedit.models.bases import SHAPES_WAN, load_base
 from imvedit.toy.world import EDIT_KINDS, LOCAL_KINDS, sample_example
+from imvedit.training.flow_matching import mean_change
 
 PERCENTILES = (1, 5, 50, 95, 99)
 
@@ -43,7 +44,7 @@ def main() -> None:
         latents = [encode_frames(base.vae, v) for v in (ex.source, ex.target)]
         for t, iou in zip(args.thresholds, gate_target_iou(*latents, ex.mask, patch, args.thresholds), strict=True):
             ious[t].append(iou)
-        change = (latents[1] - latents[0]).abs().mean(1)[0, 0].numpy()  # (h, w) latent positions
+        change = mean_change(*latents)[0, 0, 0].numpy()  # (h, w) latent positions
         k = args.size // change.shape[-1]  # pixels per latent position
         ceilings.append(gate_iou_ceiling(ex.mask, k * patch[-1]))  # pixels per token
         covered = ex.mask[0].reshape(change.shape[0], k, change.shape[1], k).mean(axis=(1, 3))
