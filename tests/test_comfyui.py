@@ -38,6 +38,7 @@ SWITCHES = [
     {"cross_lora": True},
     {"cross_lora": True, "ffn_lora": True, "every_k_blocks": 2},
     {"text_difference": True, "cross_lora": True},
+    {"text_difference": True, "frame_position": True},
 ]
 
 

@@ -54,6 +54,8 @@ def inputs(batch=1, frames=3, h=8, w=8, seed=0):
         {"gate_mix": False},
         {"gate_source": False},
         {"text_difference": True},
+        {"text_difference": True, "frame_position": True},
+        {"gate_source": False, "frame_position": True},
     ],
 )
 def test_fresh_adapter_leaves_the_base_output_unchanged(tiny_base, switches):
@@ -269,6 +271,8 @@ def test_bad_switches_are_refused():
         ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, gate="maybe")
     with pytest.raises(UsageError, match="gate: text"):
         ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, text_difference=True, gate="no_text")
+    with pytest.raises(UsageError, match="frame_position"):
+        ImVideoEditAdapter(num_layers=2, dim=24, text_dim=16, ffn_dim=32, frame_position=True, gate="none")
 
 
 def test_text_difference_carries_the_instruction_to_the_tokens(tiny_base):
@@ -290,6 +294,44 @@ def test_text_difference_carries_the_instruction_to_the_tokens(tiny_base):
     assert (edited - reference).abs().max().item() > 1e-3
     other = model(x, t, text, features, -gate_text)  # the same everything, another instruction
     assert (other - edited).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("frame_position", [False, True])
+def test_only_frame_position_lets_the_gate_tell_places_apart_on_a_flat_frame(frame_position):
+    """On a flat frame every token is the same, so a per-token gate is the same everywhere: it cannot open at
+    the top left for "add a red square at the top left" (Wan's rotary positions are relative, and reach the
+    gate only through the attention's weak edge effects). With `frame_position` it reads where each token
+    sits, and the text-difference term too."""
+    from imvedit.models.sda import SpatialDifferenceAttention, frame_positions
+
+    torch.manual_seed(0)
+    sda = SpatialDifferenceAttention(24, 4, "pos_neg", True, 4, "text", 16, text_difference=True,
+                                     frame_position=frame_position)  # fmt: skip
+    for p in sda.parameters():  # trained-like weights: the zero-initialised outputs would hide everything
+        torch.nn.init.normal_(p, std=0.5)
+    grid = (2, 4, 4)
+    flat = torch.randn(1, 1, 24).expand(1, 32, 24)
+    pos = frame_positions(grid, flat) if frame_position else None
+    text = torch.randn(1, 16)
+    with torch.no_grad():
+        g = sda.gate(flat, flat * 0.5, torch.randn(1, 24), text, pos)
+        d = sda.text_delta(flat * 0.5, flat, text, pos)
+    for per_token in (g, d):
+        spread = (per_token - per_token.mean(1, keepdim=True)).abs().max().item()
+        assert (spread > 1e-3) == frame_position, spread
+
+
+def test_frame_positions_are_the_frame_s_not_the_clip_s():
+    from imvedit.models.sda import POSITION_FREQUENCIES, frame_positions
+
+    pos = frame_positions((3, 4, 6), torch.zeros(()))
+    assert pos.shape == (3 * 4 * 6, 4 * POSITION_FREQUENCIES)
+    frames = pos.reshape(3, 24, -1)
+    assert torch.equal(frames[0], frames[2])  # every frame the same: a place, not a time
+    assert len({tuple(row.tolist()) for row in frames[0]}) == 24  # every place in a frame its own
+    # relative to the frame, so the same at any size: token (0, 0) of a 2x2 grid and (1, 1) of a 6x6 grid share
+    # a centre, (0.25, 0.25) of the frame
+    assert torch.allclose(frame_positions((1, 2, 2), pos)[0], frame_positions((1, 6, 6), pos)[7], atol=1e-6)
 
 
 def test_changed_tokens_marks_the_patches_where_the_pair_differs():

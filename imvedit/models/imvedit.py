@@ -82,6 +82,9 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
         # changes, for bases whose cross-attention does not put a named attribute on an object (needs gate text)
         text_difference: bool = False,
         text_rank: int = 32,  # rank of that map
+        # the gate and that map also read where each token sits in its frame (sda.frame_positions): Wan's
+        # positions are only relative, and "add a red square at the top left" needs the top left
+        frame_position: bool = False,
         # "imvedit"; "vifeedit" (two-way source in the sequence); "concat" (source latents on the channels of a
         # widened, zero-initialised patch embedding + LoRA on the 3D attention); "per-frame" (imvedit's adapter
         # run on each frame alone: no attention across frames)
@@ -109,6 +112,7 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
                     gate_mix,
                     text_difference,
                     text_rank,
+                    frame_position,
                 )
                 for i in self.sda_layers
             }
@@ -136,6 +140,8 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             raise UsageError(f"source_stream two_way does not apply to arch {c.arch}.", "Drop source_stream.")
         if c.text_difference and c.gate != "text":
             raise UsageError("text_difference reads the instruction through the gate.", "Set gate: text with it.")
+        if c.frame_position and c.gate == "none" and not c.text_difference:
+            raise UsageError("frame_position feeds the gate and text_difference.", "Set a gate or text_difference.")
         names = ("rank", "aligned_rank", "gate_dim", "ffn_rank", "cross_rank", "text_rank", "every_k_blocks")
         for name in (*names, "num_layers"):
             if getattr(c, name) < 1:

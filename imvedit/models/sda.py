@@ -8,6 +8,8 @@ per chosen block; `SDAProcessor` (processor.py) runs it inside the block's self-
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -21,6 +23,26 @@ def _rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Wan's interleaved rotary embedding on (..., tokens, heads, head_dim), `rotation` from `frame_rope`."""
     turned = torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * rotation
     return torch.view_as_real(turned).flatten(-2).type_as(x)
+
+
+POSITION_FREQUENCIES = 4  # sin and cos of pi * k * x and of pi * k * y, k = 1..4: 16 features a token
+
+
+def frame_positions(grid: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    """Where each token of a (frames, h, w) grid sits in its frame, as Fourier features of its centre's
+    (x, y) in [0, 1]: (frames * h * w, 4 * POSITION_FREQUENCIES), the same for every frame.
+
+    Wan's only positions are rotary, so attention sees where tokens are relative to each other and nothing
+    sees where a token is in the frame; on a flat background every token looks the same, and "add a red
+    square at the top left" has nothing to find the top left with. Coordinates relative to the frame keep
+    the features the same at any resolution."""
+    f, h, w = grid
+    k = math.pi * torch.arange(1, POSITION_FREQUENCIES + 1, device=like.device, dtype=torch.float32)
+    ys = ((torch.arange(h, device=like.device, dtype=torch.float32) + 0.5) / h)[:, None] * k  # (h, K)
+    xs = ((torch.arange(w, device=like.device, dtype=torch.float32) + 0.5) / w)[:, None] * k  # (w, K)
+    per_axis = [t[:, None].expand(h, w, -1) for t in (ys.sin(), ys.cos())]
+    per_axis += [t[None].expand(h, w, -1) for t in (xs.sin(), xs.cos())]
+    return torch.cat(per_axis, -1).reshape(h * w, -1).repeat(f, 1).to(like.dtype)
 
 
 def _compute_weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
@@ -40,17 +62,24 @@ class TextDifference(nn.Module):
     per token, where the gate opens. `up` starts at zero, so the adapter still starts as the base.
     """
 
-    def __init__(self, dim: int, text_width: int, rank: int):
+    def __init__(self, dim: int, text_width: int, rank: int, position: bool = False):
         super().__init__()
         self.source = nn.Linear(dim, rank, bias=False)
         self.target = nn.Linear(dim, rank, bias=False)
+        # where the token sits in its frame (`frame_positions`), for edits the instruction places ("add ... at
+        # the top left"): FiLM-ed by the instruction with the rest, so the place it names can switch it on
+        self.position = nn.Linear(4 * POSITION_FREQUENCIES, rank, bias=False) if position else None
         self.film = nn.Linear(text_width, 2 * rank)
         self.up = nn.Linear(rank, dim, bias=False)
         for layer in (self.film.weight, self.film.bias, self.up.weight):
             nn.init.zeros_(layer)
 
-    def forward(self, s_ln: torch.Tensor, x_ln: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, s_ln: torch.Tensor, x_ln: torch.Tensor, text: torch.Tensor | None, pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.source(s_ln) + self.target(x_ln)
+        if self.position is not None:  # pos: (tokens, features), the same for every row of the batch
+            h = h + self.position(pos)
         if text is not None:  # (batch, text_width): the gate's projection of the pooled instruction
             scale, shift = self.film(text.to(h.dtype))[:, None].chunk(2, dim=-1)
             h = h * (1 + scale) + shift
@@ -85,18 +114,22 @@ class SpatialDifferenceAttention(nn.Module):
         gate_mix: bool = True,
         text_difference: bool = False,
         text_rank: int = 32,
+        frame_position: bool = False,
     ):
         super().__init__()
         self.gate_mode = gate
+        self.frame_position = frame_position
         self.gate_mix = gate_mix and gate != "none" and aligned_difference
         names = ("pos", "neg") if branches == "pos_neg" else ("delta",)
         self.branches = lora_sets(names, attention_shapes(dim), rank)
         self.aligned = LowRank(dim, dim, aligned_rank) if aligned_difference else None
-        self.text_delta = TextDifference(dim, gate_dim, text_rank) if text_difference else None
+        self.text_delta = TextDifference(dim, gate_dim, text_rank, frame_position) if text_difference else None
         if gate != "none":
             self.gate_token = nn.Linear(dim, gate_dim)
             # The source token at the same position: "is this the blue circle the instruction names?"
             self.gate_source = nn.Linear(dim, gate_dim) if gate_source else None
+            # where the token sits in its frame: the gate of "add ... at the top left" opens there
+            self.gate_position = nn.Linear(4 * POSITION_FREQUENCIES, gate_dim) if frame_position else None
             self.gate_time = nn.Linear(dim, 2 * gate_dim)
             self.gate_out = nn.Linear(gate_dim, 1)
             # g = sigmoid(0) = 0.5 everywhere at the start; the weights learn where the edit applies.
@@ -106,14 +139,22 @@ class SpatialDifferenceAttention(nn.Module):
             nn.init.zeros_(self.gate_time.bias)
 
     def gate(
-        self, x_ln: torch.Tensor, s_ln: torch.Tensor, temb: torch.Tensor, text: torch.Tensor | None
+        self,
+        x_ln: torch.Tensor,
+        s_ln: torch.Tensor,
+        temb: torch.Tensor,
+        text: torch.Tensor | None,
+        pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token gate (batch, tokens, 1). `temb` is (batch, dim) or per token (batch, tokens, dim)."""
+        """Per-token gate (batch, tokens, 1). `temb` is (batch, dim) or per token (batch, tokens, dim); `pos`
+        is `frame_positions` of the tokens' grid, read when the block has `frame_position`."""
         if self.gate_mode == "none":
             return x_ln.new_ones(x_ln.shape[:-1] + (1,))
         h = self.gate_token(x_ln)
         if self.gate_source is not None:
             h = h + self.gate_source(s_ln)
+        if self.gate_position is not None:
+            h = h + self.gate_position(pos)
         if self.gate_mode == "text" and text is not None:
             h = h + text[:, None, :]
         scale, shift = self.gate_time(F.silu(temb)).chunk(2, dim=-1)
@@ -191,10 +232,11 @@ class SpatialDifferenceAttention(nn.Module):
         else:
             inner, outer = None, self.branches["delta"]["o"](a[0])
         s_ln = source_rows(src.ln, x_ln.shape[0])
-        g = self.gate(x_ln, s_ln, temb, text)
+        pos = frame_positions(grid, x_ln) if self.frame_position else None
+        g = self.gate(x_ln, s_ln, temb, text, pos)
         inner = None if inner is None else g * inner
         if self.text_delta is not None:
-            outer = outer + self.text_delta(s_ln, x_ln, text)
+            outer = outer + self.text_delta(s_ln, x_ln, text, pos)
         if self.aligned is None:
             return inner, g * outer, g
         keep = self.aligned(s_ln - x_ln)

@@ -48,6 +48,7 @@ class AdapterOptions:
     cross_rank: int | None = None  # rank of those updates (16)
     text_difference: bool | None = None  # a per-token map of source and target, FiLM-ed by the instruction (off)
     text_rank: int | None = None  # rank of that map (32)
+    frame_position: bool | None = None  # the gate and text_difference read where a token sits in its frame (off)
     source_stream: str | None = None  # "cached": one-way, once per video; "two_way": beside the target
 
     @classmethod
