@@ -308,7 +308,7 @@ def test_only_frame_position_lets_the_gate_tell_places_apart_on_a_flat_frame(fra
     sda = SpatialDifferenceAttention(24, 4, "pos_neg", True, 4, "text", 16, text_difference=True,
                                      frame_position=frame_position)  # fmt: skip
     for p in sda.parameters():  # trained-like weights: the zero-initialised outputs would hide everything
-        torch.nn.init.normal_(p, std=0.5)
+        torch.nn.init.normal_(p, std=0.1)
     grid = (2, 4, 4)
     flat = torch.randn(1, 1, 24).expand(1, 32, 24)
     pos = frame_positions(grid, flat) if frame_position else None
