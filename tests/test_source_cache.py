@@ -57,10 +57,10 @@ def test_per_frame_recomputes_its_source_too(tiny_base):
     assert np.abs(edit(pipe, source_cache="recompute")[0] - frames).max() <= 1e-5
 
 
-def _adapted_step(tiny_base):
+def _adapted_step(tiny_base, **switches):
     """A randomised adapter on the tiny base and one step's inputs: two guidance rows, a batch-1 source."""
     base = tiny_base.transformer
-    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base)))
+    model = ImVideoEditTransformer(base, randomize_adapter(ImVideoEditAdapter.for_base(base, **switches)))
     g = torch.Generator().manual_seed(0)
     x, src = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(1, 4, 3, 8, 8, generator=g)
     text, gate_text = torch.randn(2, 7, 16, generator=g), torch.randn(2, 16, generator=g)
@@ -180,11 +180,13 @@ def test_live_storage_after_a_step_is_what_it_was_before(tiny_base):
         assert live.current < with_cache
 
 
+@pytest.mark.parametrize("switches", [{}, {"text_difference": True, "frame_position": True}])
 @pytest.mark.parametrize("chunks", [2, 3, 8])
-def test_sda_in_pieces_of_frames_gives_the_same_velocity(tiny_base, chunks):
+def test_sda_in_pieces_of_frames_gives_the_same_velocity(tiny_base, chunks, switches):
     """The SDA is per frame, so running a window's frames a piece at a time (`sda_chunks`, for memory) changes
-    nothing but float rounding, for every form of the source and with a gate map collected."""
-    model, x, src, text, gate_text, empty, t = _adapted_step(tiny_base)
+    nothing but float rounding, for every form of the source and with a gate map collected; a token's place in
+    its frame (`frame_position`) is the same in a piece as in the whole window."""
+    model, x, src, text, gate_text, empty, t = _adapted_step(tiny_base, **switches)
     sources = {
         "raw": model.encode_source(src, empty),
         "prepared": model.encode_source(src, empty, prepare=True),
