@@ -140,8 +140,8 @@ class ImVideoEditAdapter(ModelMixin, ConfigMixin):
             raise UsageError(f"source_stream two_way does not apply to arch {c.arch}.", "Drop source_stream.")
         if c.text_difference and c.gate != "text":
             raise UsageError("text_difference reads the instruction through the gate.", "Set gate: text with it.")
-        if c.frame_position and c.gate == "none" and not c.text_difference:
-            raise UsageError("frame_position feeds the gate and text_difference.", "Set a gate or text_difference.")
+        if c.frame_position and c.gate == "none":  # text_difference needs gate text, refused above without it
+            raise UsageError("frame_position is read by the gate, and gate is none.", "Set gate: text with it.")
         names = ("rank", "aligned_rank", "gate_dim", "ffn_rank", "cross_rank", "text_rank", "every_k_blocks")
         for name in (*names, "num_layers"):
             if getattr(c, name) < 1:
