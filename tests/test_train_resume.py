@@ -98,6 +98,31 @@ def test_init_starts_from_a_finished_adapter(pairs, straight, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
+def test_init_may_gain_frame_position(pairs, straight, tmp_path):
+    """A later stage may switch frame_position on: its new layers start at zero, so the run starts as the
+    init (at a rate too small to move anything the result is the init, plus zeroed position layers)."""
+    (tmp_path / "pos.yaml").write_text("adapter:\n  frame_position: true\n")
+    run = tmp_path / "pos"
+    r = subprocess.run(
+        train_cmd(pairs, run, "--init", str(straight), "--config", str(tmp_path / "pos.yaml"))
+        + ["--max-steps", "2", "--lr", "1e-12"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    gained, init = load_file(str(run / "adapter.safetensors")), load_file(str(straight / "adapter.safetensors"))
+    new = sorted(gained.keys() - init.keys())
+    assert new and all("position" in k for k in new)
+    assert all(gained[k].abs().max() < 1e-9 for k in new)  # zero, but for two steps at lr 1e-12
+    assert max((gained[k] - init[k]).abs().max().item() for k in init) < 1e-6
+    # the other way, dropping a switch, is still refused
+    (tmp_path / "off.yaml").write_text("adapter:\n  frame_position: false\n")
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "off", "--init", str(run), "--config", str(tmp_path / "off.yaml")),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "other adapter switches (frame_position)" in r.stderr
+
+
 def test_warmup_and_cosine_schedule(pairs, tmp_path):
     r = subprocess.run(
         train_cmd(pairs, tmp_path / "run", "--warmup-steps", "4", "--lr-schedule", "cosine"), capture_output=True

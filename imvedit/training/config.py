@@ -109,7 +109,8 @@ class TrainConfig:
     resume: str | None = None  # "latest" (the run folder's newest checkpoint) or a checkpoint folder
     # Start from this adapter's weights (a .safetensors file or a run folder) instead of a fresh init: a finished
     # adapter trained further, with another objective or on new pairs. It must have this run's arch and switches
-    # and be made for this base; a two-expert base trains each expert from its own (--expert high / low).
+    # (but for frame_position, which a later stage may switch on: its layers start at zero) and be made for this
+    # base; a two-expert base trains each expert from its own (--expert high / low).
     init: str | None = None
     validate_every: int | None = None  # every N steps, edit a few fixed pairs and save a picture of it
     validation_pairs: int = 4  # how many pairs (the first ones of the prepared folder)

@@ -185,7 +185,8 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
 
 def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -> None:
     """`train.init`: the fresh adapter takes a finished one's weights (after the fresh init's draws, so the data
-    order and noise are a seed's as ever). Refused when its base, arch or switches differ from this run's."""
+    order and noise are a seed's as ever). Refused when its base, arch or switches differ from this run's, but
+    for frame_position switched on."""
     if len(adapters) != 1:
         raise UsageError(
             "--init gives one adapter, and this base trains two experts.",
@@ -196,12 +197,18 @@ def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -
     init, _ = load_adapter(file, base.identity_of(expert)["fingerprint"])
     ours, theirs = public_config(adapter.config), public_config(init.config)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-    if differ:
+    gains_position = differ == ["frame_position"] and ours["frame_position"] and not theirs.get("frame_position")
+    if differ and not gains_position:
         raise UsageError(
             f"--init {file} was trained with other adapter switches ({', '.join(differ)}).",
             "Set this run's `adapter:` and arch to that file's (`imvedit export --inspect` shows them).",
         )
-    adapter.load_state_dict(init.state_dict())
+    missing, unexpected = adapter.load_state_dict(init.state_dict(), strict=False)
+    assert not unexpected and all("position" in k for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if name in missing:  # the new position layers: zero adds nothing, so the run starts as the init
+                param.zero_()
 
 
 def _setup(config: TrainConfig) -> _Run:
