@@ -114,6 +114,22 @@ def test_init_may_gain_frame_position(pairs, straight, tmp_path):
     assert new and all("position" in k for k in new)
     assert all(gained[k].abs().max() < 1e-9 for k in new)  # zero, but for two steps at lr 1e-12
     assert max((gained[k] - init[k]).abs().max().item() for k in init) < 1e-6
+    # new_layer_lr: the new layers learn at their own rate while the rest, at a rate too small to move, stays
+    faster = tmp_path / "faster"
+    (tmp_path / "pos.yaml").write_text("adapter:\n  frame_position: true\nnew_layer_lr: 1.0e-2\n")
+    r = subprocess.run(
+        train_cmd(pairs, faster, "--init", str(straight), "--config", str(tmp_path / "pos.yaml"))
+        + ["--max-steps", "2", "--lr", "1e-12"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    moved = load_file(str(faster / "adapter.safetensors"))
+    assert all(moved[k].abs().max() > 1e-3 for k in new)
+    assert max((moved[k] - init[k]).abs().max().item() for k in init) < 1e-6
+    r = subprocess.run(
+        train_cmd(pairs, tmp_path / "alone", "--config", str(tmp_path / "pos.yaml")), capture_output=True, text=True
+    )  # no init, so no new layers for the rate to apply to
+    assert r.returncode == 2 and "set with init" in r.stderr and not (tmp_path / "alone").exists()
     # the other way, dropping a switch, is still refused
     (tmp_path / "off.yaml").write_text("adapter:\n  frame_position: false\n")
     r = subprocess.run(

@@ -112,6 +112,9 @@ class TrainConfig:
     # (but for frame_position, which a later stage may switch on: its layers start at zero) and be made for this
     # base; a two-expert base trains each expert from its own (--expert high / low).
     init: str | None = None
+    # With init: the learning rate of the layers that adapter lacks (frame_position switched on), which start at
+    # zero while the rest is trained already; None: lr, as every other layer
+    new_layer_lr: float | None = None
     validate_every: int | None = None  # every N steps, edit a few fixed pairs and save a picture of it
     validation_pairs: int = 4  # how many pairs (the first ones of the prepared folder)
     # Also keep an exponential moving average of the adapter weights with this decay (e.g. 0.999; diffusers'
@@ -149,6 +152,11 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}.")
+        if self.new_layer_lr is not None and not (self.new_layer_lr > 0 and self.init):
+            raise UsageError(
+                f"new_layer_lr ({self.new_layer_lr}) must be positive and set with init.",
+                "Give the adapter to start from (init:), or drop new_layer_lr.",
+            )
         for name in ("text_dropout", "source_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}.")

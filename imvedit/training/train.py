@@ -183,10 +183,10 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
 # ---------------------------------------------------------------------------------------------------
 
 
-def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -> None:
+def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -> set[str]:
     """`train.init`: the fresh adapter takes a finished one's weights (after the fresh init's draws, so the data
     order and noise are a seed's as ever). Refused when its base, arch or switches differ from this run's, but
-    for frame_position switched on."""
+    for frame_position switched on; returns the names of the layers that switch adds."""
     if len(adapters) != 1:
         raise UsageError(
             "--init gives one adapter, and this base trains two experts.",
@@ -209,6 +209,19 @@ def _load_init(path: str, adapters: dict[str, ImVideoEditAdapter], base: Base) -
         for name, param in adapter.named_parameters():
             if name in missing:  # the new position layers: zero adds nothing, so the run starts as the init
                 param.zero_()
+    return set(missing)
+
+
+def _param_groups(config: TrainConfig, adapters: dict[str, ImVideoEditAdapter], new: set[str]) -> list[dict]:
+    """One optimiser group per adapter, and the layers `--init`'s adapter lacked apart at `new_layer_lr`."""
+    apart = new if config.new_layer_lr else set()
+    groups = []
+    for adapter in adapters.values():
+        named = list(adapter.named_parameters())
+        groups.append({"params": [p for n, p in named if n not in apart]})
+        if apart:
+            groups.append({"params": [p for n, p in named if n in apart], "lr": config.new_layer_lr})
+    return groups
 
 
 def _setup(config: TrainConfig) -> _Run:
@@ -223,13 +236,12 @@ def _setup(config: TrainConfig) -> _Run:
     torch.manual_seed(config.seed)
     switches = config.adapter.switches()
     adapters = {e: ImVideoEditAdapter.for_base(base.expert(e), arch=config.arch, **switches) for e in experts}
-    if config.init is not None:
-        _load_init(config.init, adapters, base)
+    new = _load_init(config.init, adapters, base) if config.init is not None else set()
     models = {e: ImVideoEditTransformer(base.expert(e), a) for e, a in adapters.items()}
     if config.gradient_checkpointing:
         for e in experts:
             base.expert(e).enable_gradient_checkpointing()
-    optimizer = make_optimizer(config, [{"params": list(a.parameters())} for a in adapters.values()])
+    optimizer = make_optimizer(config, _param_groups(config, adapters, new))
     # Under `accelerate launch` each process takes its share of every epoch's batches (DDP syncs gradients).
     rank, world = accelerator.process_index, accelerator.num_processes
     sampler = BucketBatchSampler(dataset, config.batch_size, config.seed, num_replicas=world, rank=rank)
