@@ -100,42 +100,32 @@ def test_init_starts_from_a_finished_adapter(pairs, straight, tmp_path):
 
 def test_init_may_gain_frame_position(pairs, straight, tmp_path):
     """A later stage may switch frame_position on: its new layers start at zero, so the run starts as the
-    init (at a rate too small to move anything the result is the init, plus zeroed position layers)."""
-    (tmp_path / "pos.yaml").write_text("adapter:\n  frame_position: true\n")
-    run = tmp_path / "pos"
-    r = subprocess.run(
-        train_cmd(pairs, run, "--init", str(straight), "--config", str(tmp_path / "pos.yaml"))
-        + ["--max-steps", "2", "--lr", "1e-12"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    init (at a rate too small to move anything the result is the init, plus zeroed position layers), and
+    `new_layer_lr` trains them at their own rate."""
+
+    def warm(name, config_text, init=straight):
+        (tmp_path / f"{name}.yaml").write_text(config_text)
+        cmd = train_cmd(pairs, tmp_path / name, "--init", str(init), "--config", str(tmp_path / f"{name}.yaml"))
+        return subprocess.run([*cmd, "--max-steps", "2", "--lr", "1e-12"], capture_output=True, text=True)
+
+    r = warm("pos", "adapter:\n  frame_position: true\n")
     assert r.returncode == 0, r.stderr
-    gained, init = load_file(str(run / "adapter.safetensors")), load_file(str(straight / "adapter.safetensors"))
+    init = load_file(str(straight / "adapter.safetensors"))
+    gained = load_file(str(tmp_path / "pos" / "adapter.safetensors"))
     new = sorted(gained.keys() - init.keys())
     assert new and all("position" in k for k in new)
     assert all(gained[k].abs().max() < 1e-9 for k in new)  # zero, but for two steps at lr 1e-12
     assert max((gained[k] - init[k]).abs().max().item() for k in init) < 1e-6
-    # new_layer_lr: the new layers learn at their own rate while the rest, at a rate too small to move, stays
-    faster = tmp_path / "faster"
-    (tmp_path / "pos.yaml").write_text("adapter:\n  frame_position: true\nnew_layer_lr: 1.0e-2\n")
-    r = subprocess.run(
-        train_cmd(pairs, faster, "--init", str(straight), "--config", str(tmp_path / "pos.yaml"))
-        + ["--max-steps", "2", "--lr", "1e-12"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    r = warm("faster", "adapter:\n  frame_position: true\nnew_layer_lr: 1.0e-2\n")
     assert r.returncode == 0, r.stderr
-    moved = load_file(str(faster / "adapter.safetensors"))
-    assert all(moved[k].abs().max() > 1e-3 for k in new)
+    moved = load_file(str(tmp_path / "faster" / "adapter.safetensors"))
+    assert all(moved[k].abs().max() > 1e-3 for k in new)  # the new layers moved; the rest, at 1e-12, did not
     assert max((moved[k] - init[k]).abs().max().item() for k in init) < 1e-6
     r = subprocess.run(
-        train_cmd(pairs, tmp_path / "alone", "--config", str(tmp_path / "pos.yaml")), capture_output=True, text=True
+        train_cmd(pairs, tmp_path / "alone", "--config", str(tmp_path / "faster.yaml")), capture_output=True, text=True
     )  # no init, so no new layers for the rate to apply to
     assert r.returncode == 2 and "set with init" in r.stderr and not (tmp_path / "alone").exists()
-    # the other way, dropping a switch, is still refused
-    (tmp_path / "off.yaml").write_text("adapter:\n  frame_position: false\n")
-    r = subprocess.run(
-        train_cmd(pairs, tmp_path / "off", "--init", str(run), "--config", str(tmp_path / "off.yaml")),
-        capture_output=True, text=True,
-    )  # fmt: skip
+    r = warm("off", "adapter:\n  frame_position: false\n", init=tmp_path / "pos")  # dropping it is refused
     assert r.returncode == 2 and "other adapter switches (frame_position)" in r.stderr
 
 
