@@ -14,10 +14,10 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-BUNDLE = "3633abc97afd57e5c0ec2ba7867e46e4e87d3d3bb5c4b8df3b0a7aaf516c7f87"
-PINNED_VIDEO = "3d6a39054e09e3c29a3832ee8d712c8276618083f3bfdd05ce2603bb200d33d3"
-PINNED_MASK = "8cbf0093064e3273a15c072e0178c91ef5a317b7d3c59999bdc52dcab4c9a827"
-PINNED_IMAGE = "038af15a99acc6244b383ef6583d8a8b960552b12366e21969b0ebf228ab0dca"
+BUNDLE = "b1f0354521a627f045403087e74692299a7378edd3f716b59cc1acdfd31965ad"
+PINNED_VIDEO = "2b6e156176f0c2e5d8449595e308ff2679c85db3b000abaf30998992cd97b169"
+PINNED_MASK = "247c440135282a297fe822153952ce9a6e1f34b35e6bbdfd7850368e149e47bd"
+PINNED_IMAGE = "c558fceab21495909fcb271473e3595a5f137df36d8502e0629c40327a317365"
 
 
 def _digest(frames: np.ndarray) -> str:

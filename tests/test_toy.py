@@ -338,8 +338,9 @@ def test_the_weights_shipped_in_the_package_stay_under_25_mb():
 def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     """configs/adapter.yaml (stage 1) and adapter-gate.yaml (stage 2, from stage 1's run) load as training
     configs; stage 2 sets every option it names as the bundled adapter's own training record says (so the recipe
-    is the run that made the bundle) and starts from stage 1's adapter with the same switches; both plan the
-    adapter of the run docs/toy.md measured (773,284 parameters)."""
+    is the run that made the bundle) and starts from stage 1's adapter with the same switches but for
+    frame_position, which it adds; each plans the adapter of the run docs/toy.md measured (773,284 parameters,
+    then 779,556)."""
     from pathlib import Path
 
     import yaml
@@ -353,13 +354,15 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     stage1 = TrainConfig.from_sources(first, {}, required=())
     stage2 = TrainConfig.from_sources(second, {}, required=())
     assert stage1.flow_shift == 12.0 and stage1.adapter.text_difference and stage1.epochs == 5
-    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.25 and stage2.max_steps == 900
-    assert stage2.adapter.switches() == stage1.adapter.switches() and stage2.model == stage1.model
+    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.25 and stage2.max_steps == 1150
+    first_switches, second_switches = stage1.adapter.switches(), stage2.adapter.switches()
+    assert not first_switches.get("frame_position") and second_switches.pop("frame_position")
+    assert second_switches == first_switches and stage2.model == stage1.model
     if SHAPES_WAN_ADAPTER.exists():
         trained = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["config"]
         for option, value in yaml.safe_load(second.read_text()).items():
             assert trained[option] == value, (option, trained[option], value)
-    for recipe in (first, second):
+    for recipe, parameters in ((first, 773_284), (second, 779_556)):
         result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["adapter_parameters"] == 773_284
+        assert json.loads(result.stdout)["adapter_parameters"] == parameters
