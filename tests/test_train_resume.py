@@ -125,6 +125,8 @@ def test_init_may_gain_frame_position(pairs, straight, tmp_path):
         train_cmd(pairs, tmp_path / "alone", "--config", str(tmp_path / "faster.yaml")), capture_output=True, text=True
     )  # no init, so no new layers for the rate to apply to
     assert r.returncode == 2 and "set with init" in r.stderr and not (tmp_path / "alone").exists()
+    r = warm("same", "adapter:\n  frame_position: true\nnew_layer_lr: 1.0e-2\n", init=tmp_path / "pos")
+    assert r.returncode == 2 and "has all of this run's" in r.stderr and not (tmp_path / "same").exists()
     r = warm("off", "adapter:\n  frame_position: false\n", init=tmp_path / "pos")  # dropping it is refused
     assert r.returncode == 2 and "other adapter switches (frame_position)" in r.stderr
 

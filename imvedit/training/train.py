@@ -237,6 +237,11 @@ def _setup(config: TrainConfig) -> _Run:
     switches = config.adapter.switches()
     adapters = {e: ImVideoEditAdapter.for_base(base.expert(e), arch=config.arch, **switches) for e in experts}
     new = _load_init(config.init, adapters, base) if config.init is not None else set()
+    if config.new_layer_lr and not new:
+        raise UsageError(
+            f"new_layer_lr is for the layers --init's adapter lacks, and {config.init} has all of this run's.",
+            "Drop new_layer_lr, or switch frame_position on in this run.",
+        )
     models = {e: ImVideoEditTransformer(base.expert(e), a) for e, a in adapters.items()}
     if config.gradient_checkpointing:
         for e in experts:
