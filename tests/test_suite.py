@@ -27,6 +27,9 @@ def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tm
     for row in results["rows"]:
         for key in ("edit_psnr", "edit_region_psnr", "temporal_error", "edit_seconds_per_frame"):
             assert math.isfinite(row[key]), (row["name"], key)
+        if row["name"] == "bundled":  # the shipped adapter: trained elsewhere, its size read from its file
+            assert row["trainable_parameters"] > 0 and row["seen"] is None and row["training_seconds"] is None
+            continue
         trained = row["name"] != "sdedit"
         assert (row["trainable_parameters"] > 0) == trained and (row["seen"] > 0) == trained
     by = {row["name"]: row for row in results["rows"]}
@@ -38,7 +41,7 @@ def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tm
     assert math.isfinite(unedited) and f"the unedited source {unedited:.2f} dB" in page.replace("\n", " ")
     for name in VARIANT_NAMES:
         assert f"| {name} |" in page
-    for claim in ("**1.", "**2.", "**3."):
+    for claim in ("**1.", "**2.", "**3.", "Edits happen (imvedit vs", "Edits happen (bundled vs"):
         assert claim in page
     for plot in ("quality_vs_compute.svg", "temporal_error.svg"):
         root = ET.parse(report / "results" / plot).getroot()  # noqa: S314 - a file this test just wrote
@@ -51,9 +54,20 @@ def test_quick_suite_writes_every_variants_row_and_resumes_without_retraining(tm
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     again = json.loads((report / "results" / "results.json").read_text())
-    assert [row["name"] for row in again["rows"]] == ["imvedit", "per-frame"]
-    assert again["reused_runs"] == ["imvedit"] and "reusing 1 run" in (report / "results.md").read_text()
+    assert again["reused_runs"] == ["imvedit"]
     assert again["training_seconds"] == pytest.approx(by["imvedit"]["training_seconds"], abs=0.05)
+    # the rerun rows replace theirs on the page; the rest are kept, and the page says which came from where
+    assert [row["name"] for row in again["rows"]] == list(VARIANT_NAMES)
+    rest = [n for n in VARIANT_NAMES if n not in ("imvedit", "per-frame")]
+    assert [inv["rows"] for inv in again["invocations"]] == [rest, ["imvedit", "per-frame"]]
+    assert {r["name"]: r for r in again["rows"]}["sdedit"] == by["sdedit"]
+    assert "The rows come from 2 invocations" in (report / "results.md").read_text()
+
+    # other options: the earlier page is not joined, the new one has this run's rows only
+    r = runner.invoke(app, args + ["--only", "sdedit", "--clips", "2"])
+    assert r.exit_code == 0, r.output
+    other = json.loads((report / "results" / "results.json").read_text())
+    assert [row["name"] for row in other["rows"]] == ["sdedit"] and "invocations" not in other
 
 
 def test_unknown_variants_and_a_missing_report_are_one_line_errors(tmp_path):
@@ -97,6 +111,14 @@ def test_each_headline_says_whether_its_claim_held_from_the_numbers():
     assert "Edits happen (imvedit vs untrained SDEdit) — held for local, global only." in text
     rows[3]["per_group"]["local"]["edit_region_psnr"] = 18.0  # SDEdit now within 5 dB of imvedit
     assert "Edits happen (imvedit vs untrained SDEdit) — held for global only." in "\n".join(claims({"rows": rows}))
+    assert "bundled vs" not in text  # no row, no verdict
+    rows.append(_row("bundled", 25.0, 0.01, None, g(24.0, 19.0, 30.0)))
+    bundled = claims({"rows": rows})[-1]
+    assert bundled.startswith("**Edits happen (bundled vs untrained SDEdit) — held for local, global only.**")
+    assert (
+        "bundled's edit_region_psnr at least SDEdit's + 5 dB" in bundled
+        and "background 19.00 vs 15.00 (not held)" in bundled
+    )
     # rows from before groups were kept: one verdict over all kinds
     old = [_row("imvedit", 20.0, 0.01), _row("sdedit", 17.0, 0.02)]
     assert "— not held.** Threshold: imvedit's edit_region_psnr at least SDEdit's + 5 dB" in claims({"rows": old})[0]

@@ -54,7 +54,11 @@ def eval_(
     train_steps: int | None = typer.Option(
         None, "--train-steps", help="--suite: training steps per variant. (default: 600)"
     ),
-    only: str | None = typer.Option(None, "--only", help="--suite: comma-separated variants to run (default: all)."),
+    only: str | None = typer.Option(
+        None,
+        "--only",
+        help="--suite: comma-separated variants to run (default: all); the page in --report keeps its other rows if measured alike.",
+    ),
     bench: str | None = typer.Option(
         None, "--bench", help="Run a benchmark instead: 'toy' (held-out shapes-world edits with exact ground truth)."
     ),

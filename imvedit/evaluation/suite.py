@@ -33,6 +33,8 @@ from ..data.cache import base_id, read_cache_meta
 from ..data.pairs import PrepareConfig, prepare
 from ..errors import UsageError
 from ..fsutil import atomic_path
+from ..models.adapter_format import read_adapter_metadata
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER
 from ..training.train import TrainConfig, train
 from .toy_bench import BENCH_METRICS, ToyBenchConfig, run_toy_bench
 
@@ -44,13 +46,17 @@ class Variant:
     about: str  # one line for the table
     arch: str = "imvedit"  # what `imvedit train --arch` trains
     switches: dict = field(default_factory=dict)  # adapter switches on top of the suite's recipe
-    data: str = "images"  # "images", "videos" (17-frame shapes-world clips) or "none" (untrained)
+    # "images", "videos" (17-frame shapes-world clips), "none" (untrained) or "bundled" (the shipped adapter,
+    # evaluated as `imvedit edit` uses it: trained by its own recipe, not the suite's)
+    data: str = "images"
     eval_arch: str | None = None  # `eval --arch` (per-frame, sdedit)
     reuse: str | None = None  # evaluate this variant's adapter instead of training one
 
 
 VARIANTS = (
     Variant("imvedit", "method", "ours: cached one-way source, SDA pos/neg + aligned term, text gate"),
+    Variant("bundled", "method", "the shipped adapter (what `imvedit edit` uses), trained by its own two-stage "
+            "recipe, imvedit/toy/configs/adapter*.yaml (docs/toy.md): far more steps than the suite's", data="bundled"),
     Variant("vifeedit", "baseline", "two-way in-context source (2x tokens), pos/neg LoRA, no gate", arch="vifeedit"),
     Variant("concat-video", "baseline", "source on the patch channels + LoRA, trained on video pairs", "concat",
             data="videos"),
@@ -109,6 +115,8 @@ class SuiteConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}.")
         if Path(self.report).exists() and not Path(self.report).is_dir():
             raise UsageError(f"{self.report} is a file.", "Give --report a folder.")
+        if "bundled" in self.only and self.model != SHAPES_WAN:
+            raise UsageError(f"The bundled adapter is made for {SHAPES_WAN}, not {self.model}.", "Drop it from --only.")
 
     def resolved(self) -> dict:
         q = self.quick
@@ -157,12 +165,14 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
     work, report = Path(config.work), Path(config.report)
     work.mkdir(parents=True, exist_ok=True)
     variants = [v for v in VARIANTS if not config.only or v.name in config.only]
+    if config.model != SHAPES_WAN:  # the shipped adapter fits the bundled base only
+        variants = [v for v in variants if v.data != "bundled"]
     # a variant that reuses another's adapter needs that one trained too
     needed = {v.name for v in variants} | {v.reuse for v in variants if v.reuse}
     started = time.time()
     rows, reused = [], []
     summaries: dict[str, dict] = {}
-    for v in [v for v in VARIANTS if v.name in needed and v.data != "none" and not v.reuse]:
+    for v in [v for v in VARIANTS if v.name in needed and v.data in ("images", "videos") and not v.reuse]:
         frames = VIDEO_FRAMES if v.data == "videos" else 1
         limit = opts["video_clips"] if v.data == "videos" else opts["pairs"]
         pairs = _prepared(work, frames, limit, config.seed, config.model, log)
@@ -173,37 +183,7 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
     evaluation_started = time.time()
     for v in variants:
         log(f"evaluating {v.name}")
-        trained = v.reuse or v.name
-        adapter = None if v.data == "none" else str(work / "runs" / trained)
-        bench = ToyBenchConfig(
-            model=config.model, adapter=adapter, clips=opts["clips"], seed=config.seed, steps=opts["eval_steps"],
-            guidance=EVAL_GUIDANCE, report=work / "eval" / v.name, arch=v.eval_arch,
-        )  # fmt: skip
-        result = run_toy_bench(bench)
-        s = summaries.get(trained)
-        rows.append(
-            {
-                "name": v.name,
-                "group": v.group,
-                "about": v.about,
-                "arch": result["arch"],
-                "data": v.data,
-                **{k: result["overall"][k] for k in BENCH_METRICS if k != "gate_iou"},
-                "gate_iou": result["local"]["gate_iou"] if result["local"]["clips"] else None,
-                "trainable_parameters": s["trainable_parameters"] if s else 0,
-                "training_seconds": s["seconds"] if s else 0.0,
-                "seen": s["pairs_seen"] if s else 0,
-                "seen_unit": "clips" if v.data == "videos" else ("pairs" if s else "-"),
-                "edit_seconds_per_frame": result["edit_seconds_per_frame"],
-                "per_kind": {k: a["edit_psnr"] for k, a in result["per_kind"].items()},
-                "kinds": {k: _metrics(a) for k, a in result["per_kind"].items()},
-                "per_group": {
-                    g: _metrics(result["local"] if g == "local" else result["per_kind"][g])
-                    for g in GROUPS
-                    if (result["local"]["clips"] if g == "local" else g in result["per_kind"])
-                },
-            }
-        )
+        rows.append(_evaluate(v, summaries.get(v.reuse or v.name), work, opts, config))
     results = {
         "suite": "paper",
         "quick": config.quick,
@@ -225,8 +205,83 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
         "reused_runs": reused,
         "rows": rows,
     }
+    if config.only:
+        results = _join_earlier(results, report, log)
     write_page(results, report)
     return results
+
+
+def _evaluate(v: Variant, summary: dict | None, work: Path, opts: dict, config: SuiteConfig) -> dict:
+    """One variant on the held-out clips: its row of the page. `summary`: its training run's, if it has one."""
+
+    adapter = str(work / "runs" / (v.reuse or v.name)) if v.data in ("images", "videos") else None
+    bench = ToyBenchConfig(
+        model=config.model, adapter=adapter, clips=opts["clips"], seed=config.seed, steps=opts["eval_steps"],
+        guidance=EVAL_GUIDANCE, report=work / "eval" / v.name, arch=v.eval_arch,
+    )  # fmt: skip
+    result = run_toy_bench(bench)  # adapter None: the bundled one (bundled), or none at all (sdedit's arch)
+    if v.data == "bundled":  # trained elsewhere: its size is in its file, its training time and pairs are not
+        params = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["trainable_parameters"]
+        training = {"trainable_parameters": params, "training_seconds": None, "seen": None, "seen_unit": "-"}
+    else:
+        training = {
+            "trainable_parameters": summary["trainable_parameters"] if summary else 0,
+            "training_seconds": summary["seconds"] if summary else 0.0,
+            "seen": summary["pairs_seen"] if summary else 0,
+            "seen_unit": "clips" if v.data == "videos" else ("pairs" if summary else "-"),
+        }
+    return {
+        "name": v.name,
+        "group": v.group,
+        "about": v.about,
+        "arch": result["arch"],
+        "data": v.data,
+        **{k: result["overall"][k] for k in BENCH_METRICS if k != "gate_iou"},
+        "gate_iou": result["local"]["gate_iou"] if result["local"]["clips"] else None,
+        **training,
+        "edit_seconds_per_frame": result["edit_seconds_per_frame"],
+        "per_kind": {k: a["edit_psnr"] for k, a in result["per_kind"].items()},
+        "kinds": {k: _metrics(a) for k, a in result["per_kind"].items()},
+        "per_group": {
+            g: _metrics(result["local"] if g == "local" else result["per_kind"][g])
+            for g in GROUPS
+            if (result["local"]["clips"] if g == "local" else g in result["per_kind"])
+        },
+    }
+
+
+def _invocations(results: dict) -> list[dict]:
+    """Which invocation measured which rows, with its timings; a page from one invocation has one."""
+    keys = ("date", "seconds", "training_seconds", "evaluation_seconds", "reused_runs")
+    return results.get("invocations") or [
+        {**{k: results[k] for k in keys}, "rows": [r["name"] for r in results["rows"]]}
+    ]
+
+
+def _join_earlier(results: dict, report: Path, log: Callable[[str], None]) -> dict:
+    """A run of some variants (--only) keeps the other rows of the page already in REPORT when that page was
+    measured with the same options and recipe on the same machine: one variant is rerun, or one added, without
+    retraining the rest. Each row's invocation is recorded and named on the page."""
+
+    try:
+        earlier = json.loads((report / "results" / "results.json").read_text())
+    except (OSError, ValueError):
+        return results
+    same_machine = all(earlier.get("machine", {}).get(k) == results["machine"][k] for k in ("cpu", "cores", "torch"))
+    if not same_machine or any(earlier.get(k) != results[k] for k in ("suite", "quick", "options", "recipe")):
+        log("the page in --report was measured with other options or elsewhere: it is replaced by these rows only")
+        return results
+    new = {r["name"] for r in results["rows"]}
+    kept = [r for r in earlier["rows"] if r["name"] not in new]
+    order = {name: i for i, name in enumerate(VARIANT_NAMES)}
+    invocations = [
+        {**inv, "rows": [n for n in inv["rows"] if n not in new]} for inv in _invocations(earlier)
+    ] + _invocations(results)
+    return {
+        **results,
+        "rows": sorted(kept + results["rows"], key=lambda r: order.get(r["name"], len(order))),
+        "invocations": [inv for inv in invocations if inv["rows"]],
+    }
 
 
 def machine() -> dict:
@@ -259,6 +314,13 @@ def _f(v, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{v:.{digits}f}"
+
+
+def _seen(row: dict) -> str:
+    """What a row trained on: "9,600 pairs", "0" untrained, "–" trained elsewhere (the bundled adapter)."""
+    if row["seen"] is None:
+        return "–"
+    return f"{row['seen']:,} {row['seen_unit'] if row['seen'] else ''}"
 
 
 def _metrics(aggregate: dict) -> dict:
@@ -332,12 +394,14 @@ def claims(results: dict) -> list[str]:
             f"per output frame {_f(ours['edit_seconds_per_frame'], 3)} s. Per-step costs at a Wan2.1-1.3B shape: "
             "`tests/benchmarks/bench_step_cost.py` (docs/method.md)."
         )
-    if ours and sdedit:
-        out.append(_verdict(
-            "Edits happen (imvedit vs untrained SDEdit)",
-            f"imvedit's edit_region_psnr at least SDEdit's + {OVER_SDEDIT_DB:g} dB",
-            ours, sdedit, "edit_region_psnr", lambda a, b: a >= b + OVER_SDEDIT_DB,
-        ))  # fmt: skip
+    # the suite's imvedit, trained on the same budget as every baseline, and the shipped adapter: one claim each
+    for name, row in (("imvedit", ours), ("bundled", _row(results, "bundled"))):
+        if row and sdedit:
+            out.append(_verdict(
+                f"Edits happen ({name} vs untrained SDEdit)",
+                f"{name}'s edit_region_psnr at least SDEdit's + {OVER_SDEDIT_DB:g} dB",
+                row, sdedit, "edit_region_psnr", lambda a, b: a >= b + OVER_SDEDIT_DB,
+            ))  # fmt: skip
     return out
 
 
@@ -362,8 +426,8 @@ def write_page(results: dict, report: Path) -> Path:
     table = "".join(
         f"| {r['name']} | {r['group']} | {_f(r['edit_psnr'])} | {_f(r['edit_region_psnr'])} | "
         f"{_f(r['preserve_psnr'])} | {_f(r['temporal_error'], 4)} | {_f(r['gate_iou'], 3)} | "
-        f"{r['trainable_parameters']:,} | {r['training_seconds']:.0f} | "
-        f"{r['seen']:,} {r['seen_unit'] if r['seen'] else ''} | {_f(r['edit_seconds_per_frame'], 3)} |\n"
+        f"{r['trainable_parameters']:,} | {_f(r['training_seconds'], 0)} | "
+        f"{_seen(r)} | {_f(r['edit_seconds_per_frame'], 3)} |\n"
         for r in rows
     )
     kinds = sorted({k for r in rows for k in r["per_kind"]})
@@ -420,16 +484,23 @@ wall-clock on this machine, "edit s / frame" the pipeline's time per output fram
 
 
 def _timing(results: dict) -> str:
-    reused = results["reused_runs"]
+    invocations = _invocations(results)
+    if len(invocations) == 1:
+        inv, reused = invocations[0], invocations[0]["reused_runs"]
+        return (
+            f"Training every variant took {inv['training_seconds'] / 60:.1f} min (the runs' own timings) and "
+            f"evaluating them {inv['evaluation_seconds'] / 60:.1f} min; this invocation took "
+            f"{inv['seconds'] / 60:.1f} min"
+            + (f", reusing {len(reused)} run(s) trained by an earlier one with the same config." if reused else ", from scratch.")
+        )  # fmt: skip
+    parts = [
+        f"{', '.join(inv['rows'])} on {inv['date']} (training {inv['training_seconds'] / 60:.1f} min, by the runs' "
+        f"own timings, evaluating {inv['evaluation_seconds'] / 60:.1f} min)"
+        for inv in invocations
+    ]
     return (
-        f"Training every variant took {results['training_seconds'] / 60:.1f} min (the runs' own timings) and "
-        f"evaluating them {results['evaluation_seconds'] / 60:.1f} min; this invocation took "
-        f"{results['seconds'] / 60:.1f} min"
-        + (
-            f", reusing {len(reused)} run(s) trained by an earlier one with the same config."
-            if reused
-            else ", from scratch."
-        )
+        f"The rows come from {len(invocations)} invocations with the same options on the same machine (a rerun of "
+        f"some variants with `--only` keeps the others): {'; '.join(parts)}."
     )
 
 
@@ -463,7 +534,11 @@ def _esc(text: str) -> str:
 def scatter_svg(rows: list[dict]) -> str:
     """edit_psnr against training seconds (log scale), one labelled point per variant."""
     w, h, left, bottom, top, right = 640, 400, 60, 50, 30, 150
-    pts = [(max(r["training_seconds"], 1.0), r["edit_psnr"], r) for r in rows if r["edit_psnr"] is not None]
+    pts = [
+        (max(r["training_seconds"], 1.0), r["edit_psnr"], r)
+        for r in rows
+        if r["edit_psnr"] is not None and r["training_seconds"] is not None  # trained elsewhere: no point
+    ]
     xs, ys = [math.log10(p[0]) for p in pts], [p[1] for p in pts]
     x0, x1 = min(xs) - 0.1, max(xs) + 0.1
     y0, y1 = min(ys) - 1, max(ys) + 1
@@ -546,6 +621,6 @@ def result_summary(results: dict) -> str:
     for r in results["rows"]:
         lines.append(
             f"{r['name']:16s} {_f(r['edit_psnr']):>7s} {_f(r['edit_region_psnr']):>7s} {_f(r['preserve_psnr']):>7s} "
-            f"{_f(r['temporal_error'], 4):>9s} {_f(r['gate_iou'], 3):>6s} {r['training_seconds']:8.0f}"
+            f"{_f(r['temporal_error'], 4):>9s} {_f(r['gate_iou'], 3):>6s} {_f(r['training_seconds'], 0):>8s}"
         )
     return "\n".join(lines) + f"\n({results['seconds'] / 60:.1f} min)"
