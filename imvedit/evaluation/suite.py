@@ -52,6 +52,11 @@ class Variant:
     eval_arch: str | None = None  # `eval --arch` (per-frame, sdedit)
     reuse: str | None = None  # evaluate this variant's adapter instead of training one
 
+    @property
+    def trained_here(self) -> bool:
+        """Whether the suite trains this variant's adapter (or reuses one it trained): not sdedit, not bundled."""
+        return self.data in ("images", "videos")
+
 
 VARIANTS = (
     Variant("imvedit", "method", "ours: cached one-way source, SDA pos/neg + aligned term, text gate"),
@@ -172,7 +177,7 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
     started = time.time()
     rows, reused = [], []
     summaries: dict[str, dict] = {}
-    for v in [v for v in VARIANTS if v.name in needed and v.data in ("images", "videos") and not v.reuse]:
+    for v in [v for v in VARIANTS if v.name in needed and v.trained_here and not v.reuse]:
         frames = VIDEO_FRAMES if v.data == "videos" else 1
         limit = opts["video_clips"] if v.data == "videos" else opts["pairs"]
         pairs = _prepared(work, frames, limit, config.seed, config.model, log)
@@ -214,7 +219,7 @@ def run_suite(config: SuiteConfig, log: Callable[[str], None] | None = None) -> 
 def _evaluate(v: Variant, summary: dict | None, work: Path, opts: dict, config: SuiteConfig) -> dict:
     """One variant on the held-out clips: its row of the page. `summary`: its training run's, if it has one."""
 
-    adapter = str(work / "runs" / (v.reuse or v.name)) if v.data in ("images", "videos") else None
+    adapter = str(work / "runs" / (v.reuse or v.name)) if v.trained_here else None
     bench = ToyBenchConfig(
         model=config.model, adapter=adapter, clips=opts["clips"], seed=config.seed, steps=opts["eval_steps"],
         guidance=EVAL_GUIDANCE, report=work / "eval" / v.name, arch=v.eval_arch,
