@@ -275,9 +275,9 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
     assert ToyBenchConfig(guidance=2.0).resolved_guidance(base) == 2.0
     assert ToyBenchConfig(arch="sdedit").resolved_guidance(base) == 3.0
     # the bench samples with that shift, and the base's own scheduler is left as it was
-    pipe, _, _, _ = toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random", flow_shift=12.0))
+    pipe, _, _, _ = toy_bench.bench_pipeline(ToyBenchConfig(model="tiny-random", flow_shift=12.0))
     assert pipe.scheduler.config.shift == 12.0
-    assert toy_bench._bench_pipeline(ToyBenchConfig(model="tiny-random"))[0].scheduler.config.shift == 3.0
+    assert toy_bench.bench_pipeline(ToyBenchConfig(model="tiny-random"))[0].scheduler.config.shift == 3.0
     with pytest.raises(Exception, match="world"):
         ToyBenchConfig(world="medium").validate()
 

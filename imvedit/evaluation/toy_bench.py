@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -178,23 +178,14 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
     config.validate()
     start = time.time()
-    pipe, model, adapter, base_guidance = _bench_pipeline(config)
+    pipe, model, adapter, base_guidance = bench_pipeline(config)
     guidance = config.resolved_guidance(base_guidance)
     kinds = tuple(config.edits) or EDIT_KINDS
     if config.report is not None:
         Path(config.report).mkdir(parents=True, exist_ok=True)
     per_clip, sheets_done, edit_seconds = [], set(), 0.0
-    for i in range(config.clips):
-        seed = BENCH_SEED_OFFSET + config.seed * 100_003 + i
-        ex = sample_example(seed, frames=config.frames, size=config.size, kinds=kinds, world=config.world)
-        prompt = ex.target_caption if config.prompt == "description" else ex.instruction
-        t0 = time.perf_counter()
-        out = pipe(
-            ex.source, prompt, gate_prompt=ex.instruction, num_inference_steps=config.steps,
-            guidance_scale=guidance, generator=torch.Generator().manual_seed(config.seed * 7919 + i),
-            strength=config.resolved_strength,
-        )  # fmt: skip
-        edit_seconds += time.perf_counter() - t0
+    for i, (ex, out, seconds) in enumerate(edit_bench_clips(config, pipe, guidance)):
+        edit_seconds += seconds
         per_clip.append(_score_clip(pipe, ex, out))
         if config.report is not None and ex.kind not in sheets_done:
             gate = out.gate if out.gate is not None else np.zeros(out.frames.shape[:3])
@@ -215,7 +206,25 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
     return result
 
 
-def _bench_pipeline(config: ToyBenchConfig):
+def edit_bench_clips(config: ToyBenchConfig, pipe, guidance: float) -> Iterator[tuple]:
+    """The bench's held-out clips, each edited by `pipe` as the bench edits them (seeded by clip):
+    yields (example, pipeline output, seconds in the pipeline)."""
+
+    kinds = tuple(config.edits) or EDIT_KINDS
+    for i in range(config.clips):
+        seed = BENCH_SEED_OFFSET + config.seed * 100_003 + i
+        ex = sample_example(seed, frames=config.frames, size=config.size, kinds=kinds, world=config.world)
+        prompt = ex.target_caption if config.prompt == "description" else ex.instruction
+        t0 = time.perf_counter()
+        out = pipe(
+            ex.source, prompt, gate_prompt=ex.instruction, num_inference_steps=config.steps,
+            guidance_scale=guidance, generator=torch.Generator().manual_seed(config.seed * 7919 + i),
+            strength=config.resolved_strength,
+        )  # fmt: skip
+        yield ex, out, time.perf_counter() - t0
+
+
+def bench_pipeline(config: ToyBenchConfig):
     """The pipeline the bench edits with, its base's name, the adapter path (None: the base alone, sdedit) and
     the base's default text guidance."""
 
