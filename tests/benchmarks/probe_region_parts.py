@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from imvedit.evaluation.metrics import psnr
 from imvedit.evaluation.toy_bench import ToyBenchConfig, bench_pipeline, edit_bench_clips
 
-PARTS = ("region", "interior", "band", "interior_offset_removed", "interior_offset_levels")
+PARTS = ("region", "interior", "band", "band_share", "interior_offset_removed", "interior_offset_levels")
 
 
 def main() -> None:
@@ -52,7 +52,12 @@ def parts(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, band: int) -> 
 
     target = target.astype(np.float64) / 255.0
     interior = erode(mask, band)
-    row = {"region": psnr(pred, target, mask), "band": psnr(pred, target, mask & ~interior)}
+    band_pixels = mask & ~interior
+    row = {
+        "region": psnr(pred, target, mask),
+        "band": psnr(pred, target, band_pixels),
+        "band_share": float(band_pixels.sum() / mask.sum()),
+    }
     if interior.sum() < 0.1 * mask.sum():  # a thin region (replace's crescents): nearly all outline
         return {**row, "interior": None, "interior_offset_removed": None, "interior_offset_levels": None}
     offset = pred[interior].mean(axis=0) - target[interior].mean(axis=0)  # per channel
