@@ -8,16 +8,17 @@ mask is split into its interior (the mask eroded by `--band` pixels) and the ban
 `edit_region_psnr` is given for each (no interior where it would hold under a tenth of the mask). The
 interior's error is split once more: its mean colour offset (the edited fill's mean minus the ground
 truth's, per channel, in levels of 255) and the interior's PSNR with that offset taken away, which is what
-the fill would score in the right shade. Prints one JSON object: per kind means, and each clip. Not a test.
+the fill would score in the right shade. Prints one strict JSON object (a perfect region's inf as null):
+per kind means, and each clip. Not a test.
 """
 
 import argparse
-import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imvedit import jsonutil
 from imvedit.evaluation.metrics import psnr
 from imvedit.evaluation.toy_bench import ToyBenchConfig, bench_pipeline, edit_bench_clips
 
@@ -43,7 +44,7 @@ def main() -> None:
             )
     kinds = sorted({c["kind"] for c in clips})
     means = {k: {p: _mean([c[p] for c in clips if c["kind"] == k]) for p in PARTS} for k in kinds}
-    print(json.dumps({"band_pixels": args.band, "per_kind": means, "clips": clips}, indent=2))
+    print(jsonutil.dumps({"band_pixels": args.band, "per_kind": means, "clips": clips}, indent=2))
 
 
 def parts(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, band: int) -> dict:
@@ -77,7 +78,7 @@ def erode(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and np.isfinite(v)]  # a perfect clip's inf would swamp the rest
     return round(float(np.mean(values)), 2) if values else None
 
 
