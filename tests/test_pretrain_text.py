@@ -233,3 +233,20 @@ def test_inpainting_steps_noise_the_objects_tokens_at_the_clips_sigma_and_the_re
     for row, inside in zip(t, tokens, strict=True):
         if inside.any():
             assert torch.unique(row[inside]).numel() == 1 and (row[~inside] <= row[inside][0]).all()
+
+
+def test_a_high_shift_share_puts_that_share_of_noise_levels_near_the_top_and_leaves_the_rest_as_they_were():
+    """`transformer.high_shift_fraction`: that share of a step's samples draw sigma at `high_shift`; without it
+    the draws (and so the bundled recipe's stream) are exactly the plain shift's."""
+    plain = {"flow_shift": 1.0}
+    a = pretrain._draw_sigmas(plain, 4000, torch.Generator().manual_seed(3))
+    b = pretrain._draw_sigmas({**plain, "high_shift_fraction": 0.0, "high_shift": 12.0}, 4000,
+                              torch.Generator().manual_seed(3))  # fmt: skip
+    assert torch.equal(a, b)
+    mixed = pretrain._draw_sigmas({**plain, "high_shift_fraction": 0.5, "high_shift": 12.0}, 4000,
+                                  torch.Generator().manual_seed(3))  # fmt: skip
+    top = lambda s: (s > 0.9).float().mean().item()  # noqa: E731
+    # sigma uniform puts a tenth above 0.9; shift 12 puts 4/7 there (sigma > 0.9 for u > 0.9 / 2.1)
+    assert abs(top(a) - 0.10) < 0.02
+    assert abs(top(mixed) - (0.10 + 0.57) / 2) < 0.03
+    assert ((mixed >= 0) & (mixed <= 1)).all()

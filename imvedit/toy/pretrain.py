@@ -22,6 +22,9 @@ pretrain_text.py), and stays frozen from then on, as a real Wan's encoder does.
 `--stage transformer` keeps and resumes from `checkpoint-transformer.pt` the same way. With
 `transformer.inpaint_fraction` that share of its steps is inpainting-like (Wan2.2's per-token timesteps): the
 object's tokens at the clip's noise level, the rest less noisy, so the caption alone says what the object is.
+With `transformer.high_shift_fraction` that share of each step's samples draw their noise level at
+`transformer.high_shift` instead of `flow_shift`, which puts them near the top of the noise, where a caption
+decides the object's colour (docs/toy.md, "A base taught at high noise").
 `--stage decoder` (the `decoder:` section) trains the VAE's decoder alone: the latents, and the transformer trained on them, stay
 valid, while decoded pixels get sharper. Stages chain through `--init`: each writes a whole base, the next
 starts from it.
@@ -363,8 +366,7 @@ def _transformer_step(
     prompts = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
     with torch.set_grad_enabled(train_text):
         text, _ = encode_text(base.tokenizer, base.text_encoder, prompts)
-    u = torch.rand(len(idx), generator=gen)
-    sigma = c["flow_shift"] * u / (1 + (c["flow_shift"] - 1) * u)
+    sigma = _draw_sigmas(c, len(idx), gen)
     noise = torch.randn(x0.shape, generator=gen)
     s, timestep = sigma.view(-1, 1, 1, 1, 1), sigma * 1000
     if objects is not None and torch.rand(1, generator=gen).item() < c["inpaint_fraction"]:
@@ -374,6 +376,17 @@ def _transformer_step(
         timestep = per_token.flatten(1) * 1000  # Wan2.2's per-token timesteps
     pred = base.transformer(((1 - s) * x0 + s * noise), timestep, text, return_dict=False)[0]
     return F.mse_loss(pred, noise - x0)
+
+
+def _draw_sigmas(c: dict, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Noise levels as Wan's shift draws them: at `flow_shift`, or for a `high_shift_fraction` of the samples
+    at `high_shift`, which puts them in the top of the noise where a caption decides the object's colour."""
+    u = torch.rand(n, generator=gen)
+    shift = torch.full((n,), float(c["flow_shift"]))
+    if c.get("high_shift_fraction"):  # drawn only when asked, so the recipes without it keep their streams
+        high = torch.rand(n, generator=gen) < c["high_shift_fraction"]
+        shift = torch.where(high, torch.full((n,), float(c["high_shift"])), shift)
+    return shift * u / (1 + (shift - 1) * u)
 
 
 def refine(base, config: dict, log: Path | None = None) -> dict:
