@@ -250,3 +250,5 @@ def test_a_high_shift_share_puts_that_share_of_noise_levels_near_the_top_and_lea
     assert abs(top(a) - 0.10) < 0.02
     assert abs(top(mixed) - (0.10 + 0.57) / 2) < 0.03
     assert ((mixed >= 0) & (mixed <= 1)).all()
+    with pytest.raises(UsageError, match="needs transformer.high_shift"):
+        pretrain._draw_sigmas({**plain, "high_shift_fraction": 0.5}, 4, torch.Generator())

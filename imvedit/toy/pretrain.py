@@ -384,6 +384,11 @@ def _draw_sigmas(c: dict, n: int, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(n, generator=gen)
     shift = torch.full((n,), float(c["flow_shift"]))
     if c.get("high_shift_fraction"):  # drawn only when asked, so the recipes without it keep their streams
+        if "high_shift" not in c:
+            raise UsageError(
+                "transformer.high_shift_fraction needs transformer.high_shift.",
+                "Add high_shift: 12.0 (pretrain.yaml's).",
+            )
         high = torch.rand(n, generator=gen) < c["high_shift_fraction"]
         shift = torch.where(high, torch.full((n,), float(c["high_shift"])), shift)
     return shift * u / (1 + (shift - 1) * u)
