@@ -22,6 +22,7 @@ from imvedit.toy.pretrain_text import (
     sample_texts,
 )
 from imvedit.toy.world import Background, Edit, Obj, Scene, caption, render, sample_edit, sample_scene
+from imvedit.training.flow_matching import sample_sigmas
 
 
 def _scene(shape="circle", color="blue", bg="green"):
@@ -243,6 +244,9 @@ def test_a_high_shift_share_puts_that_share_of_noise_levels_near_the_top_and_lea
     b = pretrain._draw_sigmas({**plain, "high_shift_fraction": 0.0, "high_shift": 12.0}, 4000,
                               torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(a, b)
+    # off, the draw is the one the adapter's training makes (and the stage made before the option existed)
+    three = pretrain._draw_sigmas({"flow_shift": 3.0}, 4000, torch.Generator().manual_seed(3))
+    assert torch.equal(three, sample_sigmas(4000, 3.0, torch.Generator().manual_seed(3)))
     mixed = pretrain._draw_sigmas({**plain, "high_shift_fraction": 0.5, "high_shift": 12.0}, 4000,
                                   torch.Generator().manual_seed(3))  # fmt: skip
     top = lambda s: (s > 0.9).float().mean().item()  # noqa: E731

@@ -51,6 +51,7 @@ from ..evaluation.metrics import psnr
 from ..evaluation.toy_bench import BENCH_SEED_OFFSET
 from ..models.bases import load_base, save_base
 from ..models.wan import encode_text, normalize_latents
+from ..training.flow_matching import shifted
 from .bundle import build_untrained, load_config
 from .pretrain_text import train_text_encoder
 from .runlog import cosine, log_record, optimizer_step
@@ -391,7 +392,7 @@ def _draw_sigmas(c: dict, n: int, gen: torch.Generator) -> torch.Tensor:
             )
         high = torch.rand(n, generator=gen) < c["high_shift_fraction"]
         shift = torch.where(high, torch.full((n,), float(c["high_shift"])), shift)
-    return shift * u / (1 + (shift - 1) * u)
+    return shifted(u, shift)
 
 
 def refine(base, config: dict, log: Path | None = None) -> dict:

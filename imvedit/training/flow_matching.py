@@ -73,12 +73,13 @@ def mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> t
 FULL_RANGE = (0.0, 1.0)
 
 
-def _shifted(u, shift: float):
+def shifted(u, shift):
+    """Uniform u in [0, 1] mapped to sigma as Wan's scheduler shifts it (`shift` a number, or one per sample)."""
     return shift * u / (1 + (shift - 1) * u)
 
 
 def _unshifted(sigma: float, shift: float) -> float:
-    """The u that `_shifted` maps to sigma."""
+    """The u that `shifted` maps to sigma."""
     return sigma / (shift - (shift - 1) * sigma)
 
 
@@ -89,10 +90,10 @@ def sample_sigmas(
     with `sigma_range` = [low, high), that distribution restricted to the range."""
     u = torch.rand(batch, generator=generator)
     if tuple(sigma_range) == FULL_RANGE:
-        return _shifted(u, shift)
+        return shifted(u, shift)
     low, high = sigma_range
     u_low, u_high = _unshifted(low, shift), _unshifted(high, shift)
-    sigma = _shifted(u_low + (u_high - u_low) * u, shift)
+    sigma = shifted(u_low + (u_high - u_low) * u, shift)
     # rounding may land on an end; the range's high end belongs to the other expert
     return sigma.clamp(low, torch.nextafter(torch.tensor(high), torch.tensor(low)).item())
 
