@@ -109,3 +109,20 @@ def test_flow_shift_puts_more_steps_at_high_noise_and_leaves_the_base_scheduler_
         assert with_flow_shift(scheduler, None) is scheduler
     with pytest.raises(UsageError, match="no fixed flow shift"):
         with_flow_shift(UniPCMultistepScheduler(), 5.0)  # sigmas not from flow matching: nothing to shift
+
+
+def test_an_edit_guides_as_given_else_as_the_base_defaults(tiny_base):
+    """(scale, scale below the boundary, boundary): the base's pair when neither scale is given; a first scale
+    given alone applies throughout, as it did before a second scale existed."""
+    b = tiny_base
+    b.default_guidance, b.default_guidance_2, b.default_guidance_boundary = 2.0, 1.0, 0.8
+    assert b.guidance(None, None, None) == (2.0, 1.0, 0.8)
+    assert b.guidance(None, None, 0.5) == (2.0, 1.0, 0.5)
+    assert b.guidance(3.0, None, None) == (3.0, None, None)
+    assert b.guidance(None, 1.5, None) == (2.0, 1.5, 0.8)
+    assert b.guidance(4.0, 2.0, 0.9) == (4.0, 2.0, 0.9)
+    with pytest.raises(UsageError, match="--guidance-2"):
+        b.guidance(3.0, None, 0.5)  # a boundary with nothing to start
+    b.default_guidance_2 = b.default_guidance_boundary = None  # Wan's: one scale
+    assert b.guidance(None, None, None) == (2.0, None, None)
+    assert b.guidance(None, 1.0, None) == (2.0, 1.0, None)  # the pipeline's experts' boundary, or an error

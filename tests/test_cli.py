@@ -156,6 +156,36 @@ def test_flow_shift_changes_the_sampler_and_a_bad_one_is_refused(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_a_second_guidance_scale_below_a_boundary_changes_the_edit_and_bad_ones_are_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "in.png")
+
+    def edit(name, *flags):
+        args = ["edit", str(tmp_path / "in.png"), "make it blue", "-o", str(tmp_path / name), "--model", "tiny-random"]
+        return runner.invoke(app, [*args, "--steps", "3", "--guidance", "3", *flags])
+
+    interval = ("--guidance-2", "1", "--guidance-boundary", "0.5")
+    for name, flags in (
+        ("full.png", ()),
+        ("same.png", ("--guidance-2", "3", *interval[2:])),
+        ("interval.png", interval),
+    ):
+        result = edit(name, *flags)
+        assert result.exit_code == 0, result.output
+    pixels = {n: np.asarray(Image.open(tmp_path / n), dtype=np.int16) for n in ("full.png", "same.png", "interval.png")}
+    assert np.array_equal(pixels["full.png"], pixels["same.png"])
+    assert np.abs(pixels["full.png"] - pixels["interval.png"]).max() > 0
+    for name, flags, message in (
+        ("one-expert.png", ("--guidance-2", "1"), "needs a boundary"),  # tiny-random has one transformer
+        ("range.png", (*interval[:2], "--guidance-boundary", "1"), "--guidance-boundary must be a sigma in (0, 1)"),
+        ("alone.png", ("--guidance-boundary", "0.5"), "--guidance-2"),
+    ):
+        bad = edit(name, *flags)
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+        assert not (tmp_path / name).exists()
+
+
 def _one_line_error(result, code):
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr

@@ -138,3 +138,29 @@ def test_imvedit_edit_runs_both_experts_adapters_from_a_trained_pair(tmp_path, a
     pipe, _, _ = Editor().pipeline(config, memory_options(config)["offload"])
     assert pipe.transformer_2 is not None and pipe.config.boundary_ratio == BOUNDARY
     assert pipe.adapter is not None and pipe.adapter_2 is not None and pipe.adapter is not pipe.adapter_2
+
+
+def test_a_second_guidance_scale_takes_over_at_the_experts_boundary():
+    """As diffusers' `guidance_scale_2`: the low-noise expert's steps guide at the second scale; at 1 they run the
+    prompt's branch alone, and a second scale equal to the first changes nothing."""
+    base, low = two_experts()
+    base.transformer_2, base.boundary_ratio = low, BOUNDARY
+    adapters = [randomize_adapter(ImVideoEditAdapter.for_base(t), seed=s) for t, s in ((base.transformer, 1), (low, 2))]
+    pipe = ImVideoEditPipeline.from_base(base, *adapters)
+    pipe.set_progress_bar_config(disable=True)
+    frames = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    kw = dict(num_inference_steps=10, guidance_scale=3.0, cfg_batch=False)
+
+    def run(**extra):
+        counts, handles = count_denoising_calls(base.transformer, low)
+        out = pipe(frames, "make it red", generator=torch.Generator().manual_seed(0), **kw, **extra).frames
+        for h in handles:
+            h.remove()
+        return out, counts
+
+    one, (high_calls, low_calls) = run()
+    same, _ = run(guidance_scale_2=3.0)
+    off, counts_off = run(guidance_scale_2=1.0)
+    assert np.array_equal(one, same)
+    assert counts_off == [high_calls, low_calls // 2] and low_calls > 0  # two branches a step, then one
+    assert not np.allclose(one, off)

@@ -77,3 +77,29 @@ def test_latents_stay_fp32_through_the_scheduler_and_prompts_are_512_tokens(tiny
     handle.remove()
     assert seen == [(torch.float32, torch.float32)] * 3
     assert set(lengths) == {512}
+
+
+def test_guidance_below_a_boundary_on_a_one_expert_base(pipe):
+    """A second scale needs a boundary on a one-transformer base; below it a scale of 1 runs one branch a step."""
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(args[0].shape[0]) if bool((args[1] > 0).all()) else None,
+        with_kwargs=True,
+    )
+    kw = dict(num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    try:
+        with pytest.raises(UsageError, match="boundary"):
+            pipe(video(), "make it red", guidance_scale_2=1.0, **kw)
+        with pytest.raises(UsageError, match="guidance-boundary"):
+            pipe(video(), "make it red", guidance_scale_2=1.0, guidance_boundary=1.5, **kw)
+        calls.clear()
+        full = pipe(video(), "make it red", **kw).frames
+        assert calls == [2] * 4  # the two branches in one batch, every step
+        kw["generator"] = torch.Generator().manual_seed(0)
+        calls.clear()
+        interval = pipe(video(), "make it red", guidance_scale_2=1.0, guidance_boundary=0.6, **kw).frames
+    finally:
+        handle.remove()
+    sigmas = pipe.scheduler.sigmas[:-1]
+    assert calls == [2 if s >= 0.6 else 1 for s in sigmas.tolist()] and 1 in calls and 2 in calls
+    assert not np.allclose(full, interval)

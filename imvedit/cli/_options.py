@@ -49,3 +49,21 @@ def world_option(applies_to: str):
         help=f"{applies_to}: the shapes world, one of {', '.join(WORLDS)} ('simple': one large object, 'hard': "
         f"1-3 small ones). (default: {DEFAULT_WORLD}, the bundled base's)",
     )
+
+
+def guidance_2_option(applies_to: str):
+    """--guidance-2: the text guidance below the boundary, as diffusers' Wan2.2 `guidance_scale_2`."""
+    return typer.Option(
+        "--guidance-2",
+        help=f"{applies_to}{'t' if applies_to else 'T'}ext guidance below --guidance-boundary, where fine detail is "
+        "drawn (Wan2.2-A14B: the low-noise expert's). (default: the base's; --guidance throughout)",
+    )
+
+
+def guidance_boundary_option(applies_to: str):
+    """--guidance-boundary: the sigma where --guidance-2 takes over."""
+    return typer.Option(
+        "--guidance-boundary",
+        help=f"{applies_to}{'t' if applies_to else 'T'}he noise level (sigma in (0, 1)) below which --guidance-2 "
+        "applies. (default: the base's; Wan2.2-A14B: its experts' boundary)",
+    )

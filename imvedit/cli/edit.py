@@ -8,7 +8,15 @@ import typer
 
 from .. import jsonutil
 from ._common import emit, err_console, progress_bar, run
-from ._options import JsonOutput, Overwrite, adapter_option, flow_shift_option, model_option
+from ._options import (
+    JsonOutput,
+    Overwrite,
+    adapter_option,
+    flow_shift_option,
+    guidance_2_option,
+    guidance_boundary_option,
+    model_option,
+)
 
 
 def edit(
@@ -27,8 +35,12 @@ def edit(
     ] = None,
     steps: int | None = typer.Option(None, "--steps", help="Denoising steps. (default: the base's; 30 for Wan)"),
     guidance: float | None = typer.Option(
-        None, "--guidance", help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan, 1 for the toy)"
+        None,
+        "--guidance",
+        help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan, 1 for the toy)",
     ),
+    guidance_2: Annotated[float | None, guidance_2_option("")] = None,
+    guidance_boundary: Annotated[float | None, guidance_boundary_option("")] = None,
     source_guidance: float = typer.Option(1.0, "--source-guidance", help="Source guidance scale (1 = off)."),
     flow_shift: Annotated[float | None, flow_shift_option("")] = None,
     strength: float = typer.Option(1.0, "--strength", help="Below 1, start from the noised source."),
@@ -122,13 +134,14 @@ def edit(
 
         req = DryRunRequest(
             model, adapter, size, frames, gpu_memory, window, overlap, guidance, source_guidance, source_cache,
-            cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure, sda_chunking,
+            cfg_batch, "model" if cpu_offload else offload, base_dtype, vae_tiling, measure, sda_chunking, guidance_2,
         )  # fmt: skip
         _dry_run(req, json_out)
         return
 
     options = dict(
-        model=model, adapter=adapter, steps=steps, guidance=guidance, flow_shift=flow_shift, source_guidance=source_guidance,
+        model=model, adapter=adapter, steps=steps, guidance=guidance, guidance_2=guidance_2,
+        guidance_boundary=guidance_boundary, flow_shift=flow_shift, source_guidance=source_guidance,
         strength=strength, seed=seed, negative_prompt=negative_prompt, gate_prompt=gate_prompt, max_area=max_area,
         resolution=resolution, window=window, overlap=overlap, max_frames=max_frames, start=start, end=end,
         model_fps=model_fps, codec=codec, crf=crf, dtype=dtype, device=device, cpu_offload=cpu_offload,

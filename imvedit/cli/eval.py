@@ -8,7 +8,15 @@ import typer
 from ..errors import UsageError
 from ..toy.world import DEFAULT_WORLD
 from ._common import emit, err_console, fail, progress_bar, run
-from ._options import JsonOutput, adapter_option, flow_shift_option, model_option, world_option
+from ._options import (
+    JsonOutput,
+    adapter_option,
+    flow_shift_option,
+    guidance_2_option,
+    guidance_boundary_option,
+    model_option,
+    world_option,
+)
 
 
 def eval_(
@@ -79,6 +87,8 @@ def eval_(
     guidance: float | None = typer.Option(
         None, "--guidance", help="--bench: text guidance. (default: the base's, as `imvedit edit`; 3 with sdedit)"
     ),
+    guidance_2: Annotated[float | None, guidance_2_option("--bench: ")] = None,
+    guidance_boundary: Annotated[float | None, guidance_boundary_option("--bench: ")] = None,
     flow_shift: Annotated[float | None, flow_shift_option("--bench: ")] = None,
     prompt: str = typer.Option(
         "instruction",
@@ -122,8 +132,8 @@ def eval_(
         kinds = tuple(k.strip() for k in edits.split(",") if k.strip()) if edits else ()
         cfg = ToyBenchConfig(
             model=model, adapter=adapter, clips=clips or 16, seed=seed, frames=frames, size=size, edits=kinds,
-            steps=steps or 20, guidance=guidance, prompt=prompt, report=report, arch=arch, strength=strength,
-            world=world, flow_shift=flow_shift,
+            steps=steps or 20, guidance=guidance, guidance_2=guidance_2, guidance_boundary=guidance_boundary,
+            prompt=prompt, report=report, arch=arch, strength=strength, world=world, flow_shift=flow_shift,
         )  # fmt: skip
         with progress_bar("bench", not json_out) as bar:
             result = run(lambda: run_toy_bench(cfg, progress=bar))

@@ -168,12 +168,15 @@ class ImVideoEditApply:
         work_h, work_w = max(m, round(height / m) * m), max(m, round(width / m) * m)
         video = _resize(frames.float().cpu(), work_h, work_w).mul(255).round().to(torch.uint8).numpy()
         steps = steps or base.default_steps
+        scale, scale_2, boundary = base.guidance(guidance or None, None, None)  # 0: the base's, as `imvedit edit`
         result = pipe(
             video,
             description.strip() or instruction,
             gate_prompt=instruction,
             num_inference_steps=steps,
-            guidance_scale=guidance or base.default_guidance,
+            guidance_scale=scale,
+            guidance_scale_2=scale_2,
+            guidance_boundary=boundary,
             strength=strength,
             generator=torch.Generator().manual_seed(seed),
             window_size=window or base.window_frames,

@@ -52,6 +52,10 @@ class EditConfig:
     adapter: str | None = None  # an adapter .safetensors or a run folder holding adapter.safetensors
     steps: int | None = None  # denoising steps (default: the base's, 30 for Wan)
     guidance: float | None = None  # text guidance scale, 1 turns it off (default: the base's, 5 for Wan)
+    # the text guidance below guidance_boundary (a sigma, default the base's: Wan2.2-A14B's expert boundary),
+    # where fine detail is drawn; None: --guidance throughout
+    guidance_2: float | None = None
+    guidance_boundary: float | None = None
     # the sampler's sigma shift (default: the base scheduler's); higher spends more of the steps at high
     # noise, where an edit's colours and layout are decided (on the toy it moved results little; the
     # adapter's training flow_shift mattered, docs/toy.md)
@@ -114,6 +118,8 @@ class EditConfig:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if self.flow_shift is not None and not self.flow_shift > 0:
             raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.", "Wan uses 3 at 480p, 5 at 720p.")
+        if self.guidance_boundary is not None and not 0.0 < self.guidance_boundary < 1.0:
+            raise UsageError(f"--guidance-boundary must be a sigma in (0, 1), got {self.guidance_boundary}.")
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
         if self.arch is not None and self.arch not in EDIT_ARCHS:
@@ -342,7 +348,8 @@ def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | No
     w, h = working_size(width, height, area, multiple)
     shape = EditShape(
         w, h, frames, config.window or spec.window_frames, config.overlap or spec.window_overlap,
-        guidance=config.guidance != 1.0, source_guidance=config.source_guidance != 1.0,
+        guidance=config.guidance != 1.0 or config.guidance_2 not in (None, 1.0),
+        source_guidance=config.source_guidance != 1.0,
     )  # fmt: skip
     requested = {**chosen, "base_dtype": config.base_dtype or "bf16"}
     gpu = gpu_memory_gib if gpu_memory_gib is not None else default_gpu_memory_gib()
@@ -433,7 +440,7 @@ def _audio(config: EditConfig, info: VideoInfo) -> dict:
 def _run_pipeline(pipe, base: Base, config: EditConfig, options: dict, frames: np.ndarray, progress: Progress):
     """The denoising run with the config's (or the base's default) settings; returns it and its window count."""
     steps = config.steps or base.default_steps
-    guidance = config.guidance if config.guidance is not None else base.default_guidance
+    guidance, guidance_2, boundary = base.guidance(config.guidance, config.guidance_2, config.guidance_boundary)
     window, overlap = config.window or base.window_frames, config.overlap or base.window_overlap
     n_windows = len(pipe.latent_windows(len(frames), window, overlap))
     pipe.scheduler = with_flow_shift(base.scheduler, config.flow_shift)  # a batch's jobs may differ
@@ -449,6 +456,8 @@ def _run_pipeline(pipe, base: Base, config: EditConfig, options: dict, frames: n
         gate_prompt=config.gate_prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
+        guidance_scale_2=guidance_2,
+        guidance_boundary=boundary,
         source_guidance_scale=config.source_guidance,
         strength=config.strength,
         generator=torch.Generator().manual_seed(config.seed),

@@ -72,6 +72,8 @@ class ToyBenchConfig:
     edits: tuple[str, ...] = ()  # edit kinds to draw from (default: all)
     steps: int = 20  # denoising steps
     guidance: float | None = None  # text guidance (default: the base's, what `imvedit edit` uses; 3 with sdedit)
+    guidance_2: float | None = None  # below guidance_boundary (default: the base's, as `imvedit edit`)
+    guidance_boundary: float | None = None  # the sigma where guidance_2 takes over (default: the base's)
     flow_shift: float | None = None  # the sampler's sigma shift (default: the base scheduler's)
     prompt: str = "instruction"  # what the cross-attention reads: the instruction (as `imvedit edit`) or "description"
     report: Path | None = None  # folder for contact sheets and metrics.json
@@ -94,6 +96,8 @@ class ToyBenchConfig:
             raise UsageError(f"--prompt must be one of {', '.join(PROMPTS)}.")
         if self.flow_shift is not None and not self.flow_shift > 0:
             raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.")
+        if self.guidance_boundary is not None and not 0.0 < self.guidance_boundary < 1.0:
+            raise UsageError(f"--guidance-boundary must be a sigma in (0, 1), got {self.guidance_boundary}.")
         if self.strength is not None and not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
 
@@ -102,10 +106,12 @@ class ToyBenchConfig:
         # SDEdit's usual middle ground: enough noise to change colours, little enough to keep the layout
         return self.strength if self.strength is not None else (SDEDIT_STRENGTH if self.arch == "sdedit" else 1.0)
 
-    def resolved_guidance(self, base_default: float) -> float:
-        if self.guidance is not None:
-            return self.guidance
-        return SDEDIT_GUIDANCE if self.arch == "sdedit" else base_default
+    def resolved_guidance(self, base) -> tuple[float, float | None, float | None]:
+        """(scale, scale below the boundary, boundary): as given, else as `imvedit edit` runs on `base` (a Base),
+        else for SDEdit one scale throughout, as it was benched."""
+        if self.arch == "sdedit" and self.guidance is None and self.guidance_2 is None:
+            return SDEDIT_GUIDANCE, None, None
+        return base.guidance(self.guidance, self.guidance_2, self.guidance_boundary)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -178,8 +184,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
 
     config.validate()
     start = time.time()
-    pipe, model, adapter, base_guidance = bench_pipeline(config)
-    guidance = config.resolved_guidance(base_guidance)
+    pipe, model, adapter, base = bench_pipeline(config)
+    guidance = config.resolved_guidance(base)
     kinds = tuple(config.edits) or EDIT_KINDS
     if config.report is not None:
         Path(config.report).mkdir(parents=True, exist_ok=True)
@@ -195,7 +201,8 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
         if progress:
             progress(i + 1, config.clips)
     result = _summary(config, pipe, model, adapter, per_clip, kinds)
-    result["options"]["guidance"] = guidance  # what ran, where the option was left to the base
+    # what ran, where the options were left to the base
+    result["options"].update(zip(("guidance", "guidance_2", "guidance_boundary"), guidance, strict=True))
     result.update(
         seconds=round(time.time() - start, 2),
         # the pipeline alone (encode, denoise, decode), without loading or scoring
@@ -206,9 +213,10 @@ def run_toy_bench(config: ToyBenchConfig, progress: Callable[[int, int], None] |
     return result
 
 
-def edit_bench_clips(config: ToyBenchConfig, pipe, guidance: float) -> Iterator[tuple]:
-    """The bench's held-out clips, each edited by `pipe` as the bench edits them (seeded by clip):
-    yields (example, pipeline output, seconds in the pipeline)."""
+def edit_bench_clips(config: ToyBenchConfig, pipe, guidance: tuple) -> Iterator[tuple]:
+    """The bench's held-out clips, each edited by `pipe` as the bench edits them (seeded by clip), with `guidance`
+    as `resolved_guidance` gives it: yields (example, pipeline output, seconds in the pipeline)."""
+    scale, scale_2, boundary = guidance
 
     kinds = tuple(config.edits) or EDIT_KINDS
     for i in range(config.clips):
@@ -218,7 +226,8 @@ def edit_bench_clips(config: ToyBenchConfig, pipe, guidance: float) -> Iterator[
         t0 = time.perf_counter()
         out = pipe(
             ex.source, prompt, gate_prompt=ex.instruction, num_inference_steps=config.steps,
-            guidance_scale=guidance, generator=torch.Generator().manual_seed(config.seed * 7919 + i),
+            guidance_scale=scale, guidance_scale_2=scale_2, guidance_boundary=boundary,
+            generator=torch.Generator().manual_seed(config.seed * 7919 + i),
             strength=config.resolved_strength,
         )  # fmt: skip
         yield ex, out, time.perf_counter() - t0
@@ -226,7 +235,7 @@ def edit_bench_clips(config: ToyBenchConfig, pipe, guidance: float) -> Iterator[
 
 def bench_pipeline(config: ToyBenchConfig):
     """The pipeline the bench edits with, its base's name, the adapter path (None: the base alone, sdedit) and
-    the base's default text guidance."""
+    the base (for its sampling defaults)."""
 
     # an adapter names its own base; without either, the bundle (load_model drops the adapter for sdedit)
     model = config.model or (None if config.adapter else SHAPES_WAN)
@@ -238,7 +247,7 @@ def bench_pipeline(config: ToyBenchConfig):
     pipe.set_progress_bar_config(disable=True)
     if config.size % pipe.size_multiple:
         raise UsageError(f"--size must be a multiple of {pipe.size_multiple} for this base.")
-    return pipe, base.name, adapter if loaded is not None else None, base.default_guidance
+    return pipe, base.name, adapter if loaded is not None else None, base
 
 
 def _score_clip(pipe, ex, out) -> dict:

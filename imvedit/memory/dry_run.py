@@ -38,6 +38,7 @@ class DryRunRequest:
     vae_tiling: bool | None = None
     measure: bool = False  # also run the phases on the meta device
     sda_chunking: str | None = None  # the SDA over a window's frames in pieces ("on") or whole ("off")
+    guidance_2: float | None = None  # the text guidance below the guidance boundary (None: the base's)
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -54,6 +55,14 @@ def _default_size(area: int, multiple: int) -> tuple[int, int]:
     """The base's working area at Wan's landscape 832:480, sides multiples of the base's stride."""
 
     return working_size(832, 480, area, multiple)
+
+
+def _scales(req: DryRunRequest, spec) -> set[float]:
+    """The text guidance scales the edit's steps run at (as `Base.guidance` resolves them)."""
+    if req.guidance is None and req.guidance_2 is None:
+        return {spec.default_guidance, spec.default_guidance_2 or spec.default_guidance}
+    first = req.guidance if req.guidance is not None else spec.default_guidance
+    return {first, req.guidance_2 if req.guidance_2 is not None else first}
 
 
 def edit_dry_run(req: DryRunRequest) -> dict:
@@ -74,8 +83,8 @@ def edit_dry_run(req: DryRunRequest) -> dict:
         raise UsageError(f"--frames must be at least 1, got {frames}.")
     shape = EditShape(
         width, height, frames, window, req.overlap or spec.window_overlap,
-        # a negative branch unless the scale is 1: as given, else the base's default (1 on the toy bases)
-        guidance=(req.guidance if req.guidance is not None else spec.default_guidance) != 1.0,
+        # a negative branch unless every step's scale is 1: as given, else the base's defaults
+        guidance=_scales(req, spec) != {1.0},
         source_guidance=req.source_guidance != 1.0,
     )  # fmt: skip
     gpu = req.gpu_memory_gib if req.gpu_memory_gib is not None else default_gpu_memory_gib()

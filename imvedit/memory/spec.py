@@ -49,6 +49,7 @@ class BaseSpec:
     window_frames: int = 81
     window_overlap: int = 16
     default_guidance: float = 5.0
+    default_guidance_2: float | None = None  # below the guidance boundary (None: default_guidance)
 
     def config(self, part: str) -> dict:
         return json.loads(getattr(self, part))
@@ -58,7 +59,8 @@ def _dump(config) -> str:
     return json.dumps(public_config(config), sort_keys=True)
 
 
-DEFAULT_FIELDS = ("default_area", "window_frames", "window_overlap", "default_guidance")  # what edit defaults to
+# what edit defaults to
+DEFAULT_FIELDS = ("default_area", "window_frames", "window_overlap", "default_guidance", "default_guidance_2")
 
 
 def read_base_spec(model: str, adapter: str | None = None) -> BaseSpec:

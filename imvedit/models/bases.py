@@ -52,12 +52,30 @@ class Base:
     # Sampling defaults for `imvedit edit` on this base.
     default_steps: int = 30
     default_guidance: float = 5.0
+    # the text guidance below default_guidance_boundary (a sigma), where fine detail is drawn; None: one scale
+    default_guidance_2: float | None = None
+    default_guidance_boundary: float | None = None
     # Frames the model sees at once (4k + 1); longer videos are edited in overlapping windows.
     window_frames: int = 81
     window_overlap: int = 16
     # Wan2.2-A14B: the low-noise expert, and where the schedule hands over to it (both None for one expert)
     transformer_2: WanTransformer3DModel | None = None
     boundary_ratio: float | None = None
+
+    def guidance(
+        self, scale: float | None, scale_2: float | None, boundary: float | None
+    ) -> tuple[float, float | None, float | None]:
+        """The text guidance an edit runs with, (scale, scale below the boundary, boundary sigma): what is given,
+        else this base's defaults. A first scale given alone applies throughout, as it did before a second
+        scale existed; a second scale given alone keeps the base's first."""
+        if scale is None and scale_2 is None:
+            scale, scale_2 = self.default_guidance, self.default_guidance_2
+        scale = self.default_guidance if scale is None else scale
+        if scale_2 is None:
+            if boundary is not None:
+                raise UsageError("--guidance-boundary sets where --guidance-2 starts.", "Add --guidance-2 or drop it.")
+            return scale, None, None
+        return scale, scale_2, boundary if boundary is not None else self.default_guidance_boundary
 
     @property
     def fingerprint(self) -> str:

@@ -5,7 +5,9 @@ Inference only, one `__call__`, in the shape of diffusers' `WanPipeline`. The st
 2. encode the source video with the VAE;
 3. run the frozen source stream once (its features serve every step and guidance branch);
 4. prepare timesteps and the starting latents (pure noise, or the noised source when strength < 1);
-5. denoise with classifier-free guidance on the prompt (and optionally on the source); a video longer
+5. denoise with classifier-free guidance on the prompt (and optionally on the source), at `guidance_scale`
+   from the top of the schedule down to the guidance boundary and at `guidance_scale_2` below it (as
+   diffusers' Wan2.2 pipelines do at their experts' boundary); a video longer
    than `window_size` frames is denoised in overlapping temporal windows whose predictions are
    blended in the overlap at every step (linear ramps), so windows agree and no seam shows;
 6. decode, and return the frames and the averaged gate map.
@@ -180,6 +182,18 @@ class ImVideoEditPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise UsageError(f"steps must be at least 1, got {num_inference_steps}.")
 
+    def check_guidance(self, guidance_scale_2: float | None, guidance_boundary: float | None) -> float | None:
+        """The sigma below which `guidance_scale_2` applies: the one given, else the experts' boundary_ratio."""
+        boundary = guidance_boundary if guidance_boundary is not None else self.config.boundary_ratio
+        if guidance_scale_2 is not None and boundary is None:
+            raise UsageError(
+                "A second guidance scale needs a boundary: this base has one expert.",
+                "Give --guidance-boundary, a sigma in (0, 1) such as 0.8, or drop --guidance-2.",
+            )
+        if boundary is not None and not 0.0 < boundary < 1.0:
+            raise UsageError(f"--guidance-boundary must be in (0, 1), got {boundary}.")
+        return boundary
+
     # -- the pieces of a call ---------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str], device, dtype, max_sequence_length: int | None = None):
         """UMT5 embeddings and pooled means of `prompts`, on `device`. With `offload_text_encoder` the encoder
@@ -211,6 +225,13 @@ class ImVideoEditPipeline(DiffusionPipeline):
         if self.transformer_2 is not None:
             out.append(_Expert(self.transformer_2, self.adapter_2))
         return out
+
+    def guidance_at(self, t, scale: float, scale_2: float | None, boundary: float | None) -> float:
+        """The text guidance of the step at timestep `t`: `scale` from `boundary` * num_train_timesteps up (where
+        the layout and colours are decided), `scale_2` below it; `scale` throughout without a second scale."""
+        if scale_2 is None or t >= boundary * self.scheduler.config.num_train_timesteps:
+            return scale
+        return scale_2
 
     def expert_for(self, t: torch.Tensor) -> int:
         """Which expert denoises timestep `t`: as diffusers' `WanPipeline`, the first from boundary_ratio *
@@ -286,6 +307,8 @@ class ImVideoEditPipeline(DiffusionPipeline):
         gate_prompt: str | None = None,
         num_inference_steps: int = 30,
         guidance_scale: float = 5.0,
+        guidance_scale_2: float | None = None,
+        guidance_boundary: float | None = None,
         source_guidance_scale: float = 1.0,
         strength: float = 1.0,
         generator: torch.Generator | None = None,
@@ -303,12 +326,15 @@ class ImVideoEditPipeline(DiffusionPipeline):
         memory, each block brought in as it runs) or "recompute" (no cache: the stream runs inside every
         pass). `cfg_batch`: the guidance branches in one batch (faster) or one after another (less memory).
         `sda_chunks`: each block's SDA runs a window's latent frames in this many pieces (less memory).
-        Every choice gives the same frames."""
+        `guidance_scale_2`: the text guidance below `guidance_boundary` (a sigma in (0, 1); default the
+        experts' boundary_ratio), where a step's scale of 1 runs the prompt's branch alone.
+        Every choice of the memory options gives the same frames."""
         if source_cache not in SOURCE_CACHES:
             raise UsageError(f"Unknown source_cache {source_cache!r}.", f"Use one of {', '.join(SOURCE_CACHES)}.")
         device = self._execution_device
         x = video_to_tensor(video)
         self.check_inputs(x, prompt, strength, num_inference_steps)
+        boundary = self.check_guidance(guidance_scale_2, guidance_boundary)
         num_frames = x.shape[2]
         # Wan's VAE encodes a first frame and then chunks of 4 (whatever its temporal compression), so
         # it needs 4k+1 frames: pad with the last frame, trim after decoding.
@@ -340,7 +366,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         adapted = any(e.adapter is not None for e in experts)
         use_source_cfg = adapted and source_guidance_scale != 1.0
         branches = [_Branch(cond, gate_cond, "source")]
-        if guidance_scale != 1.0 or use_source_cfg:
+        if guidance_scale != 1.0 or guidance_scale_2 not in (None, 1.0) or use_source_cfg:
             branches.append(_Branch(negative, gate_empty, "source"))
         if use_source_cfg:
             branches.append(_Branch(negative, gate_empty, "null"))
@@ -368,6 +394,9 @@ class ImVideoEditPipeline(DiffusionPipeline):
                     expert, current, window_sources = self._activate(experts, k, device), k, [None] * len(windows)
                 pred = torch.zeros_like(latents)
                 gate_step = None
+                scale = self.guidance_at(t, guidance_scale, guidance_scale_2, boundary)
+                # at scale 1 the negative branch cancels out: the step runs the prompt's branch alone
+                step_branches = branches[:1] if scale == 1.0 and not use_source_cfg else branches
                 for j, (s, e) in enumerate(windows):
                     if expert.model is not None and window_sources[j] is None:
                         window_sources[j] = {"source": self._source_for(expert, source[:, :, s:e], empty, source_cache)}
@@ -375,9 +404,9 @@ class ImVideoEditPipeline(DiffusionPipeline):
                             zeros = torch.zeros_like(source[:, :, s:e])
                             window_sources[j]["null"] = self._source_for(expert, zeros, empty, source_cache)
                     preds, g = self._predict(
-                        expert, latents[:, :, s:e].to(dtype), t, branches, window_sources[j], cfg_batch, sda_chunks
+                        expert, latents[:, :, s:e].to(dtype), t, step_branches, window_sources[j], cfg_batch, sda_chunks
                     )
-                    pred[:, :, s:e] += self._guide(preds, guidance_scale, source_guidance_scale) * weights[j]
+                    pred[:, :, s:e] += self._guide(preds, scale, source_guidance_scale) * weights[j]
                     if i == len(timesteps) - 1:
                         window_sources[j] = None  # this window is done
                     if g is not None:

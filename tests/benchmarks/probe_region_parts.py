@@ -35,9 +35,9 @@ def main() -> None:
 
     config = ToyBenchConfig(adapter=args.adapter, clips=args.clips)
     config.validate()
-    pipe, _, _, base_guidance = bench_pipeline(config)
+    pipe, _, _, base = bench_pipeline(config)
     clips = []
-    for ex, out, _ in edit_bench_clips(config, pipe, config.resolved_guidance(base_guidance)):
+    for ex, out, _ in edit_bench_clips(config, pipe, config.resolved_guidance(base)):
         if ex.mask.any() and not ex.mask.all():
             clips.append(
                 {"kind": ex.kind, "instruction": ex.instruction, **parts(out.frames, ex.target, ex.mask, args.band)}
