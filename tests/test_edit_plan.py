@@ -120,7 +120,7 @@ def test_dry_run_needs_no_input_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_dry_run_plans_the_guidance_branches_the_edit_runs(monkeypatch):
     """An edit with guidance 1 runs one branch: the plan counts the negative branch only when some step's scale,
-    given or the base's default (1 on the toy, 5 on Wan), is not 1."""
+    given or the base's default (on the toy 1.5 above sigma 0.8 and 1 below, 5 on Wan), is not 1."""
     import imvedit.memory.dry_run as dry_run
 
     planned = []
@@ -134,7 +134,7 @@ def test_dry_run_plans_the_guidance_branches_the_edit_runs(monkeypatch):
     wan = ["--model", f"{CONFIGS}/wan2.1-t2v-1.3b", "--size", "832x480"]
     for flags in ([], ["--guidance", "1"], ["--guidance", "1", *below], ["--guidance", "1", "--guidance-2", "1"], wan):
         _dry_run("--gpu-memory", "24", *flags)
-    assert planned == [False, False, True, False, True]
+    assert planned == [True, False, True, False, True]
 
 
 def test_dry_run_human_output_names_the_choice():

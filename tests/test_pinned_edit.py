@@ -14,10 +14,11 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
+# (pinned again 2026-12-06: the toy bases' default guidance became 1.5 down to sigma 0.8, then off)
 BUNDLE = "b1f0354521a627f045403087e74692299a7378edd3f716b59cc1acdfd31965ad"
-PINNED_VIDEO = "2b6e156176f0c2e5d8449595e308ff2679c85db3b000abaf30998992cd97b169"
-PINNED_MASK = "247c440135282a297fe822153952ce9a6e1f34b35e6bbdfd7850368e149e47bd"
-PINNED_IMAGE = "c558fceab21495909fcb271473e3595a5f137df36d8502e0629c40327a317365"
+PINNED_VIDEO = "ba8d5908051e7d06a23bac5f6a23bc1680cdfd32992975ac4b7abd5de97500b2"
+PINNED_MASK = "70ced701db04ada6f18239a2355a46c2da863de30d668c7f9bda43fbf248ae65"
+PINNED_IMAGE = "329481d633b18c91d6f423dce1224e0951851e5704428fe0468ccfdaa5fec809"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -132,11 +132,11 @@ def test_the_bundled_folder_by_its_path_edits_at_the_toy_size_as_the_name_does(t
     fields += ("window_frames", "window_overlap")
     by_name = load_base(SHAPES_WAN, components=("transformer",))
     by_path = load_base(str(SHAPES_WAN_DIR), components=("transformer",))
-    expected = [64 * 64, 20, 1.0, None, None, 17, 8]
+    expected = [64 * 64, 20, 1.5, 1.0, 0.8, 17, 8]
     assert [getattr(by_path, f) for f in fields] == [getattr(by_name, f) for f in fields] == expected
     spec = read_base_spec(str(SHAPES_WAN_DIR))
     got = (spec.default_area, spec.window_frames, spec.window_overlap, spec.default_guidance, spec.default_guidance_2)
-    assert got == (64 * 64, 17, 8, 1.0, None)
+    assert got == (64 * 64, 17, 8, 1.5, 1.0)
     assert read_base_spec(SHAPES_WAN).default_area == 64 * 64
     (tmp_path / "pretrain_report.json").write_text("{}")  # a report without the config: not a toy base
     assert toy_defaults(tmp_path) is None and toy_defaults(tmp_path / "missing") is None
@@ -274,7 +274,7 @@ def test_bench_world_option_reaches_the_bench_and_it_feeds_the_instruction(monke
     assert seen == {"world": DEFAULT_WORLD, "prompt": "description", "flow_shift": 12.0, "guidance": 2.0}
     # unset, the bench guides as `imvedit edit` does on the base, SDEdit as it was benched (3 throughout)
     base = load_base(SHAPES_WAN, components=("transformer",))
-    assert ToyBenchConfig().resolved_guidance(base) == (1.0, None, None)
+    assert ToyBenchConfig().resolved_guidance(base) == (1.5, 1.0, 0.8)
     assert ToyBenchConfig(guidance=2.5).resolved_guidance(base) == (2.5, None, None)
     assert ToyBenchConfig(arch="sdedit").resolved_guidance(base) == (3.0, None, None)
     # the bench samples with that shift, and the base's own scheduler is left as it was

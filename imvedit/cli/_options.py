@@ -56,7 +56,8 @@ def guidance_2_option(applies_to: str):
     return typer.Option(
         "--guidance-2",
         help=f"{applies_to}{'t' if applies_to else 'T'}ext guidance below --guidance-boundary, where fine detail is "
-        "drawn (Wan2.2-A14B: the low-noise expert's). (default: the base's; --guidance throughout)",
+        "drawn (Wan2.2-A14B: the low-noise expert's). (default: the base's; --guidance throughout, except the toy "
+        "bases: 1 below sigma 0.8)",
     )
 
 
@@ -65,5 +66,5 @@ def guidance_boundary_option(applies_to: str):
     return typer.Option(
         "--guidance-boundary",
         help=f"{applies_to}{'t' if applies_to else 'T'}he noise level (sigma in (0, 1)) below which --guidance-2 "
-        "applies. (default: the base's; Wan2.2-A14B: its experts' boundary)",
+        "applies. (default: the base's; Wan2.2-A14B: its experts' boundary, the toy bases: 0.8)",
     )

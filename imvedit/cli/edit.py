@@ -37,7 +37,7 @@ def edit(
     guidance: float | None = typer.Option(
         None,
         "--guidance",
-        help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan, 1 for the toy)",
+        help="Text guidance scale, 1 = off. (default: the base's; 5 for Wan, 1.5 on the toy above sigma 0.8)",
     ),
     guidance_2: Annotated[float | None, guidance_2_option("")] = None,
     guidance_boundary: Annotated[float | None, guidance_boundary_option("")] = None,

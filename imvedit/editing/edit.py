@@ -53,7 +53,7 @@ class EditConfig:
     steps: int | None = None  # denoising steps (default: the base's, 30 for Wan)
     guidance: float | None = None  # text guidance scale, 1 turns it off (default: the base's, 5 for Wan)
     # the text guidance below guidance_boundary (a sigma, default the base's: Wan2.2-A14B's expert boundary),
-    # where fine detail is drawn; None: --guidance throughout
+    # where fine detail is drawn; None: --guidance throughout (the toy bases: 1.5 above sigma 0.8, then off)
     guidance_2: float | None = None
     guidance_boundary: float | None = None
     # the sampler's sigma shift (default: the base scheduler's); higher spends more of the steps at high

@@ -319,10 +319,14 @@ def with_flow_shift(scheduler, shift: float | None):
 
 
 # What `imvedit edit` picks for a toy base (the bundled one, or a folder `imvedit.toy.pretrain` wrote): it was
-# pretrained on 64-px 9-frame clips, and 17-frame windows still hold together. Text guidance is off (1): the
-# adapter's own prediction already makes the edit, and guidance 3 pushed "make it black and white" past grey
-# into the opposite tint and red specks around a recoloured circle (docs/toy.md, seventh run)
-TOY_DEFAULTS = {"default_steps": 20, "default_guidance": 1.0, "window_frames": 17, "window_overlap": 8}
+# pretrained on 64-px 9-frame clips, and 17-frame windows still hold together. Text guidance 1.5 from the top
+# of the schedule down to sigma 0.8, where the object's colour is decided, and off (1) below: guidance over
+# every step pushed "make it black and white" past grey and spoilt the plain fill of a removed object
+# (docs/toy.md, seventh run and "Guidance where the edit is decided")
+TOY_DEFAULTS = {
+    "default_steps": 20, "default_guidance": 1.5, "default_guidance_2": 1.0, "default_guidance_boundary": 0.8,
+    "window_frames": 17, "window_overlap": 8,
+}  # fmt: skip
 
 
 def toy_defaults(folder: str | Path) -> dict | None:
