@@ -28,7 +28,14 @@ from ..fsutil import check_output_path
 from ..memory.edit_plan import SDA_CHUNKS, EditShape, choose, default_gpu_memory_gib
 from ..memory.spec import read_base_spec
 from ..models.adapter_file import read_adapter_metadata
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, Base, bundle_available, with_flow_shift
+from ..models.bases import (
+    SHAPES_WAN,
+    SHAPES_WAN_ADAPTER,
+    Base,
+    bundle_available,
+    check_guidance_boundary,
+    with_flow_shift,
+)
 from ..models.dtypes import DTYPES
 from ..models.loading import EDIT_ARCHS, load_model, resolve_adapter_path
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline
@@ -118,8 +125,7 @@ class EditConfig:
             raise UsageError(f"--steps must be at least 1, got {self.steps}.")
         if self.flow_shift is not None and not self.flow_shift > 0:
             raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.", "Wan uses 3 at 480p, 5 at 720p.")
-        if self.guidance_boundary is not None and not 0.0 < self.guidance_boundary < 1.0:
-            raise UsageError(f"--guidance-boundary must be a sigma in (0, 1), got {self.guidance_boundary}.")
+        check_guidance_boundary(self.guidance_boundary)
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
         if self.arch is not None and self.arch not in EDIT_ARCHS:
@@ -348,7 +354,7 @@ def _plan_for_input(config: EditConfig, chosen: dict, gpu_memory_gib: float | No
     w, h = working_size(width, height, area, multiple)
     shape = EditShape(
         w, h, frames, config.window or spec.window_frames, config.overlap or spec.window_overlap,
-        guidance=config.guidance != 1.0 or config.guidance_2 not in (None, 1.0),
+        guidance=spec.guided(config.guidance, config.guidance_2),
         source_guidance=config.source_guidance != 1.0,
     )  # fmt: skip
     requested = {**chosen, "base_dtype": config.base_dtype or "bf16"}

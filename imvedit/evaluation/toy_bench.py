@@ -32,7 +32,7 @@ import torch
 
 from .. import jsonutil
 from ..errors import UsageError
-from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, with_flow_shift
+from ..models.bases import SHAPES_WAN, SHAPES_WAN_ADAPTER, check_guidance_boundary, with_flow_shift
 from ..models.loading import load_model
 from ..models.wan import normalize_latents, video_to_tensor
 from ..pipeline.pipeline_imvedit import ImVideoEditPipeline, upsample_gate
@@ -96,8 +96,7 @@ class ToyBenchConfig:
             raise UsageError(f"--prompt must be one of {', '.join(PROMPTS)}.")
         if self.flow_shift is not None and not self.flow_shift > 0:
             raise UsageError(f"--flow-shift must be positive, got {self.flow_shift}.")
-        if self.guidance_boundary is not None and not 0.0 < self.guidance_boundary < 1.0:
-            raise UsageError(f"--guidance-boundary must be a sigma in (0, 1), got {self.guidance_boundary}.")
+        check_guidance_boundary(self.guidance_boundary)
         if self.strength is not None and not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength must be in (0, 1], got {self.strength}.")
 

@@ -57,14 +57,6 @@ def _default_size(area: int, multiple: int) -> tuple[int, int]:
     return working_size(832, 480, area, multiple)
 
 
-def _scales(req: DryRunRequest, spec) -> set[float]:
-    """The text guidance scales the edit's steps run at (as `Base.guidance` resolves them)."""
-    if req.guidance is None and req.guidance_2 is None:
-        return {spec.default_guidance, spec.default_guidance_2 or spec.default_guidance}
-    first = req.guidance if req.guidance is not None else spec.default_guidance
-    return {first, req.guidance_2 if req.guidance_2 is not None else first}
-
-
 def edit_dry_run(req: DryRunRequest) -> dict:
     """The plan (and with `measure`, the meta-device measurement) of the edit the flags describe."""
 
@@ -84,7 +76,7 @@ def edit_dry_run(req: DryRunRequest) -> dict:
     shape = EditShape(
         width, height, frames, window, req.overlap or spec.window_overlap,
         # a negative branch unless every step's scale is 1: as given, else the base's defaults
-        guidance=_scales(req, spec) != {1.0},
+        guidance=spec.guided(req.guidance, req.guidance_2),
         source_guidance=req.source_guidance != 1.0,
     )  # fmt: skip
     gpu = req.gpu_memory_gib if req.gpu_memory_gib is not None else default_gpu_memory_gib()

@@ -23,7 +23,9 @@ from ..models.bases import (
     TINY_RANDOM,
     Base,
     build_tiny_random,
+    is_guided,
     public_config,
+    resolve_guidance,
     toy_defaults,
 )
 from ..models.imvedit import ImVideoEditAdapter
@@ -53,6 +55,11 @@ class BaseSpec:
 
     def config(self, part: str) -> dict:
         return json.loads(getattr(self, part))
+
+    def guided(self, scale: float | None, scale_2: float | None) -> bool:
+        """Whether an edit with these scales (None: this base's defaults) runs a negative branch at some step."""
+        resolved = resolve_guidance((scale, scale_2, None), (self.default_guidance, self.default_guidance_2, None))
+        return is_guided(*resolved[:2])
 
 
 def _dump(config) -> str:

@@ -37,6 +37,32 @@ SUPPORTED = "Wan2.1-T2V (1.3B, 14B), Wan2.2-TI2V-5B, Wan2.2-T2V-A14B (two expert
 PIPELINES = ("WanPipeline", "ImVideoEditPipeline")  # a Wan base, or an `imvedit export --format diffusers` folder
 
 
+def resolve_guidance(given: tuple, defaults: tuple) -> tuple[float, float | None, float | None]:
+    """(scale, scale below the boundary, boundary sigma) an edit runs with: what is `given`, else a base's
+    `defaults`, each a triple of the same. A first scale given alone applies throughout, as it did before a
+    second scale existed; a second scale given alone keeps the base's first."""
+    (scale, scale_2, boundary), (default, default_2, default_boundary) = given, defaults
+    if scale is None and scale_2 is None:
+        scale, scale_2 = default, default_2
+    scale = default if scale is None else scale
+    if scale_2 is None:
+        if boundary is not None:
+            raise UsageError("--guidance-boundary sets where --guidance-2 starts.", "Add --guidance-2 or drop it.")
+        return scale, None, None
+    return scale, scale_2, boundary if boundary is not None else default_boundary
+
+
+def check_guidance_boundary(boundary: float | None) -> None:
+    """A guidance boundary is a noise level strictly inside the schedule (None: the default)."""
+    if boundary is not None and not 0.0 < boundary < 1.0:
+        raise UsageError(f"--guidance-boundary must be a sigma in (0, 1), got {boundary}.")
+
+
+def is_guided(scale: float, scale_2: float | None) -> bool:
+    """Whether some step of an edit runs the negative branch: a scale other than 1 (resolved scales)."""
+    return scale != 1.0 or scale_2 not in (None, 1.0)
+
+
 @dataclass
 class Base:
     """A loaded base: its components and its identity."""
@@ -65,17 +91,9 @@ class Base:
     def guidance(
         self, scale: float | None, scale_2: float | None, boundary: float | None
     ) -> tuple[float, float | None, float | None]:
-        """The text guidance an edit runs with, (scale, scale below the boundary, boundary sigma): what is given,
-        else this base's defaults. A first scale given alone applies throughout, as it did before a second
-        scale existed; a second scale given alone keeps the base's first."""
-        if scale is None and scale_2 is None:
-            scale, scale_2 = self.default_guidance, self.default_guidance_2
-        scale = self.default_guidance if scale is None else scale
-        if scale_2 is None:
-            if boundary is not None:
-                raise UsageError("--guidance-boundary sets where --guidance-2 starts.", "Add --guidance-2 or drop it.")
-            return scale, None, None
-        return scale, scale_2, boundary if boundary is not None else self.default_guidance_boundary
+        """The text guidance an edit runs with on this base: `resolve_guidance` against its defaults."""
+        defaults = (self.default_guidance, self.default_guidance_2, self.default_guidance_boundary)
+        return resolve_guidance((scale, scale_2, boundary), defaults)
 
     @property
     def fingerprint(self) -> str:

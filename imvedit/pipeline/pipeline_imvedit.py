@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..errors import UsageError
 from ..models.adapter_file import check_base
-from ..models.bases import config_fingerprint
+from ..models.bases import check_guidance_boundary, config_fingerprint, is_guided
 from ..models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from ..models.source import RecomputedSource
 from ..models.wan import encode_text, normalize_latents, video_to_tensor
@@ -190,8 +190,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
                 "A second guidance scale needs a boundary: this base has one expert.",
                 "Give --guidance-boundary, a sigma in (0, 1) such as 0.8, or drop --guidance-2.",
             )
-        if boundary is not None and not 0.0 < boundary < 1.0:
-            raise UsageError(f"--guidance-boundary must be in (0, 1), got {boundary}.")
+        check_guidance_boundary(boundary)
         return boundary
 
     # -- the pieces of a call ---------------------------------------------------------------------------
@@ -366,7 +365,7 @@ class ImVideoEditPipeline(DiffusionPipeline):
         adapted = any(e.adapter is not None for e in experts)
         use_source_cfg = adapted and source_guidance_scale != 1.0
         branches = [_Branch(cond, gate_cond, "source")]
-        if guidance_scale != 1.0 or guidance_scale_2 not in (None, 1.0) or use_source_cfg:
+        if is_guided(guidance_scale, guidance_scale_2) or use_source_cfg:
             branches.append(_Branch(negative, gate_empty, "source"))
         if use_source_cfg:
             branches.append(_Branch(negative, gate_empty, "null"))
