@@ -433,6 +433,38 @@ def test_gate_threshold_sets_what_the_gates_target_counts_as_edited(tiny_base):
         assert loss(2.0) != loss(0.5)  # nothing counts
 
 
+def test_edit_loss_weight_weighs_the_positions_the_pair_changes(tiny_base):
+    """With edit_weight w the loss is the squared error's mean with the changed quarter counted 1 + w times, each
+    position against its own velocity target; with 0 it is the plain mean. The source is read before dropout."""
+    model = ImVideoEditTransformer(tiny_base.transformer, ImVideoEditAdapter.for_base(tiny_base.transformer))
+    _, src, text, gate_text = inputs(batch=2, frames=1, seed=0)
+    target = src.clone()
+    target[..., :4, :4] += 1.0  # a change of 1 per channel in one quarter
+    seen = {}
+
+    def forward(noisy, timestep, *rest, **kw):  # predicts zero velocity; keeps what it was given
+        seen["noisy"], seen["sigma"] = noisy, (timestep / 1000.0).view(-1, 1, 1, 1, 1)
+        return torch.zeros_like(noisy)
+
+    def loss(weight):
+        return flow_matching_loss(
+            model, source_latents=src, target_latents=target, text=text, gate_text=gate_text,
+            empty_text=torch.zeros(1, 7, 16), empty_gate_text=torch.zeros(1, 16), generator=torch.Generator().manual_seed(0),
+            text_dropout=0.0, source_dropout=1.0, forward=forward, edit_weight=weight,
+        ).item()  # fmt: skip
+
+    with torch.no_grad():
+        plain, weighted = loss(0.0), loss(3.0)
+        s = seen["sigma"]
+        velocity = (seen["noisy"] - (1 - s) * target) / s - target  # noise - target, recovered from the input
+        error = velocity.square()
+        w = torch.ones_like(error[:, :1])
+        w[..., :4, :4] = 4.0
+    assert plain == pytest.approx(error.mean().item(), rel=1e-5)
+    assert weighted == pytest.approx(((error * w).sum() / (w.sum() * error.shape[1])).item(), rel=1e-5)
+    assert weighted != pytest.approx(plain, rel=1e-3)
+
+
 def test_rope_is_wans_interleaved_rotation(tiny_base):
     """The complex-product rotary equals Wan's real form: channels (2i, 2i+1) turned by one angle."""
     frames, h, w = 2, 3, 4

@@ -60,6 +60,7 @@ def test_validate_refuses_bad_values(tmp_path, pairs_folder):
         ({"lr": 0}, "lr"),
         ({"gate_text": "both"}, "gate_text"),
         ({"gate_threshold": 0}, "gate_threshold"),
+        ({"edit_loss_weight": -1}, "edit_loss_weight"),
         ({"adapter": {"rnk": 2}}, "Unknown adapter option"),
     ]:
         with pytest.raises(UsageError, match=match):

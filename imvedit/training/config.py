@@ -98,6 +98,9 @@ class TrainConfig:
     # that loss's target. 0.5 was measured on the toy's codec only (tests/benchmarks/probe_gate_target.py);
     # on a real Wan VAE it is not: check a trained adapter's gate maps (edit --save-mask) before trusting them.
     gate_threshold: float = EDIT_THRESHOLD
+    # Extra weight of the edit loss on the latent positions the pair changes (weight 1 + this there, 1 elsewhere,
+    # normalised): more of the gradient from the edited object, its outline included; 0: plain MSE.
+    edit_loss_weight: float = 0.0
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     gradient_checkpointing: bool = False  # trade compute for memory in the frozen base's blocks
     overwrite: bool = False  # replace an existing run folder
@@ -171,6 +174,8 @@ class TrainConfig:
             raise UsageError("validate_every and validation_pairs must be at least 1.")
         if self.gate_supervision < 0:
             raise UsageError(f"gate_supervision must be ≥ 0, got {self.gate_supervision}.")
+        if self.edit_loss_weight < 0:
+            raise UsageError(f"edit_loss_weight must be ≥ 0, got {self.edit_loss_weight}.")
         if self.gate_threshold <= 0:
             raise UsageError(f"gate_threshold must be > 0, got {self.gate_threshold}.")
         if self.arch == "sdedit":

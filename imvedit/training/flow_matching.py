@@ -70,6 +70,14 @@ def mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> t
     return (target_latents - source_latents).abs().float().mean(1, keepdim=True)
 
 
+def _edit_weight(source_latents: torch.Tensor, target_latents: torch.Tensor, extra: float) -> torch.Tensor | None:
+    """(batch, 1, f, h, w): 1 + `extra` on latent positions the pair changes at all (CHANGE_THRESHOLD), 1
+    elsewhere; None for no extra. The ring the VAE spreads past an edited object counts, so its outline does too."""
+    if extra == 0:
+        return None
+    return 1.0 + extra * (mean_change(source_latents, target_latents) > CHANGE_THRESHOLD).float()
+
+
 FULL_RANGE = (0.0, 1.0)
 
 
@@ -129,6 +137,7 @@ def flow_matching_loss(
     gate_weight: float = 0.0,
     gate_threshold: float = EDIT_THRESHOLD,
     sigma_range: tuple[float, float] = FULL_RANGE,
+    edit_weight: float = 0.0,
 ) -> torch.Tensor:
     """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
     gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call;
@@ -136,6 +145,7 @@ def flow_matching_loss(
     passed by name: by position, two latents of one shape, four text embeddings and three rates are easily swapped."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
+    weight = _edit_weight(source_latents, target_latents, edit_weight)  # before the source may be dropped
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
     drop_source = (torch.rand(b, generator=generator) < source_dropout).to(device)
@@ -153,7 +163,10 @@ def flow_matching_loss(
     noisy = (1 - s) * target_latents + s * noise
     supervise = gate_weight > 0
     pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text, collect_gates=supervise)
-    loss = F.mse_loss(pred.float(), (noise - target_latents).float())
+    if weight is None:
+        loss = F.mse_loss(pred.float(), (noise - target_latents).float())
+    else:
+        loss = ((pred.float() - (noise - target_latents).float()).square() * weight).mean() / weight.mean()
     if supervise:
         change = mean_change(source_latents, target_latents)
         changed = _token_share(change > gate_threshold, model.base.config.patch_size)

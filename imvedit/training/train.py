@@ -373,6 +373,7 @@ def _train_step(run: _Run, inputs: _StepInputs, expert: str) -> None:
             gate_weight=config.gate_supervision,
             gate_threshold=config.gate_threshold,
             sigma_range=run.sigma_ranges[expert],
+            edit_weight=config.edit_loss_weight,
         )
     if not torch.isfinite(loss):
         raise TrainingError(
