@@ -70,12 +70,13 @@ def mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> t
     return (target_latents - source_latents).abs().float().mean(1, keepdim=True)
 
 
-def _edit_weight(source_latents: torch.Tensor, target_latents: torch.Tensor, extra: float) -> torch.Tensor | None:
-    """(batch, 1, f, h, w): 1 + `extra` on latent positions the pair changes at all (CHANGE_THRESHOLD), 1
-    elsewhere; None for no extra. The ring the VAE spreads past an edited object counts, so its outline does too."""
+def _edit_weight(change: torch.Tensor, extra: float) -> torch.Tensor | None:
+    """(batch, 1, f, h, w) from `mean_change`: 1 + `extra` on latent positions the pair changes at all
+    (CHANGE_THRESHOLD), 1 elsewhere; None for no extra. The ring the VAE spreads past an edited object counts,
+    so its outline does too."""
     if extra == 0:
         return None
-    return 1.0 + extra * (mean_change(source_latents, target_latents) > CHANGE_THRESHOLD).float()
+    return 1.0 + extra * (change > CHANGE_THRESHOLD).float()
 
 
 FULL_RANGE = (0.0, 1.0)
@@ -145,7 +146,9 @@ def flow_matching_loss(
     passed by name: by position, two latents of one shape, four text embeddings and three rates are easily swapped."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
-    weight = _edit_weight(source_latents, target_latents, edit_weight)  # before the source may be dropped
+    # From the pair as given, before its source may be dropped: the gate term leaves dropped pairs out anyway
+    change = mean_change(source_latents, target_latents)
+    weight = _edit_weight(change, edit_weight)
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
     drop_source = (torch.rand(b, generator=generator) < source_dropout).to(device)
@@ -168,7 +171,6 @@ def flow_matching_loss(
     else:
         loss = ((pred.float() - (noise - target_latents).float()).square() * weight).mean() / weight.mean()
     if supervise:
-        change = mean_change(source_latents, target_latents)
         changed = _token_share(change > gate_threshold, model.base.config.patch_size)
         touched = (change > CHANGE_THRESHOLD).flatten(1).float().mean(1)  # share of positions changed at all
         keep = ~(drop_text | drop_source) & (touched < GLOBAL_SHARE)
