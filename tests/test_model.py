@@ -12,7 +12,7 @@ from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
 from imvedit.models.processor import frame_rope
 from imvedit.models.sda import _rope
 from imvedit.models.source import BlockSource
-from imvedit.training.flow_matching import flow_matching_loss
+from imvedit.training.flow_matching import flow_matching_loss, sample_sigmas
 
 WAN21_1_3B = dict(
     patch_size=(1, 2, 2),
@@ -463,6 +463,37 @@ def test_edit_loss_weight_weighs_the_positions_the_pair_changes(tiny_base):
     assert plain == pytest.approx(error.mean().item(), rel=1e-5)
     assert weighted == pytest.approx(((error * w).sum() / (w.sum() * error.shape[1])).item(), rel=1e-5)
     assert weighted != pytest.approx(plain, rel=1e-3)
+
+
+def test_a_low_noise_share_draws_that_share_of_sigmas_at_its_own_shift(tiny_base):
+    """sigma_mix (share, shift): that share of a batch's sigmas comes from the other shift. At shift 12 about 8 %
+    of sigmas fall below 0.5 (u < 0.5 / 6.5); uniform, half do; mixed half and half, the mean of the two."""
+    below = lambda s: (s < 0.5).float().mean().item()  # noqa: E731
+    plain = sample_sigmas(20_000, 12.0, torch.Generator().manual_seed(0))
+    mixed = sample_sigmas(20_000, 12.0, torch.Generator().manual_seed(0), mix=(0.5, 1.0))
+    assert abs(below(plain) - 0.077) < 0.01
+    assert abs(below(mixed) - (0.077 + 0.5) / 2) < 0.015
+    low, high = 0.0, 0.875  # a low-noise expert's range: every draw stays inside it
+    ranged = sample_sigmas(5_000, 12.0, torch.Generator().manual_seed(1), (low, high), mix=(0.5, 1.0))
+    assert ranged.min() >= low and ranged.max() < high
+    # the loss draws its sigmas so: the model sees the mixed draw's timesteps
+    model = ImVideoEditTransformer(tiny_base.transformer, ImVideoEditAdapter.for_base(tiny_base.transformer))
+    _, src, text, gate_text = inputs(batch=64, frames=1, h=4, w=4, seed=0)
+    seen = []
+
+    def forward(noisy, timestep, *rest, **kw):
+        seen.append(timestep / 1000.0)
+        return torch.zeros_like(noisy)
+
+    for mix in ((0.0, 1.0), (1.0, 1.0)):
+        with torch.no_grad():
+            flow_matching_loss(
+                model, source_latents=src, target_latents=src + 1, text=text, gate_text=gate_text,
+                empty_text=torch.zeros(1, 7, 16), empty_gate_text=torch.zeros(1, 16),
+                generator=torch.Generator().manual_seed(0), text_dropout=0.0, source_dropout=0.0, shift=12.0,
+                forward=forward, sigma_mix=mix,
+            )  # fmt: skip
+    assert below(seen[0]) < 0.2 and below(seen[1]) > 0.3  # 64 draws: 8 % against 50 %
 
 
 def test_rope_is_wans_interleaved_rotation(tiny_base):

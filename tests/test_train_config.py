@@ -61,6 +61,8 @@ def test_validate_refuses_bad_values(tmp_path, pairs_folder):
         ({"gate_text": "both"}, "gate_text"),
         ({"gate_threshold": 0}, "gate_threshold"),
         ({"edit_loss_weight": -1}, "edit_loss_weight"),
+        ({"low_noise_share": 1.5}, "low_noise_share"),
+        ({"low_noise_shift": 0}, "low_noise_shift"),
         ({"adapter": {"rnk": 2}}, "Unknown adapter option"),
     ]:
         with pytest.raises(UsageError, match=match):

@@ -51,7 +51,7 @@ from ..evaluation.metrics import psnr
 from ..evaluation.toy_bench import BENCH_SEED_OFFSET
 from ..models.bases import load_base, save_base
 from ..models.wan import encode_text, normalize_latents
-from ..training.flow_matching import shifted
+from ..training.flow_matching import sample_sigmas
 from .bundle import build_untrained, load_config
 from .pretrain_text import train_text_encoder
 from .runlog import cosine, log_record, optimizer_step
@@ -382,17 +382,12 @@ def _transformer_step(
 def _draw_sigmas(c: dict, n: int, gen: torch.Generator) -> torch.Tensor:
     """Noise levels as Wan's shift draws them: at `flow_shift`, or for a `high_shift_fraction` of the samples
     at `high_shift`, which puts them in the top of the noise where a caption decides the object's colour."""
-    u = torch.rand(n, generator=gen)
-    shift = torch.full((n,), float(c["flow_shift"]))
-    if c.get("high_shift_fraction"):  # drawn only when asked, so the recipes without it keep their streams
-        if "high_shift" not in c:
-            raise UsageError(
-                "transformer.high_shift_fraction needs transformer.high_shift.",
-                "Add high_shift: 12.0 (pretrain.yaml's).",
-            )
-        high = torch.rand(n, generator=gen) < c["high_shift_fraction"]
-        shift = torch.where(high, torch.full((n,), float(c["high_shift"])), shift)
-    return shifted(u, shift)
+    if c.get("high_shift_fraction") and "high_shift" not in c:
+        raise UsageError(
+            "transformer.high_shift_fraction needs transformer.high_shift.", "Add high_shift: 12.0 (pretrain.yaml's)."
+        )
+    mix = (c.get("high_shift_fraction") or 0.0, c.get("high_shift", 1.0))
+    return sample_sigmas(n, float(c["flow_shift"]), gen, mix=mix)
 
 
 def refine(base, config: dict, log: Path | None = None) -> dict:

@@ -80,6 +80,7 @@ def _edit_weight(change: torch.Tensor, extra: float) -> torch.Tensor | None:
 
 
 FULL_RANGE = (0.0, 1.0)
+NO_MIX = (0.0, 1.0)  # (share, shift): no sample drawn at another shift
 
 
 def shifted(u, shift):
@@ -93,11 +94,20 @@ def _unshifted(sigma: float, shift: float) -> float:
 
 
 def sample_sigmas(
-    batch: int, shift: float, generator: torch.Generator, sigma_range: tuple[float, float] = FULL_RANGE
+    batch: int,
+    shift: float,
+    generator: torch.Generator,
+    sigma_range: tuple[float, float] = FULL_RANGE,
+    mix: tuple[float, float] = NO_MIX,
 ) -> torch.Tensor:
     """Uniform u in (0, 1) shifted towards high noise as Wan's scheduler is: shift*u / (1 + (shift-1)*u);
-    with `sigma_range` = [low, high), that distribution restricted to the range."""
+    with `sigma_range` = [low, high), that distribution restricted to the range. `mix` = (share, other shift):
+    that share of the samples is drawn at the other shift instead (the draw made only for a share > 0, so runs
+    without a mix keep their random streams)."""
     u = torch.rand(batch, generator=generator)
+    share, other = mix
+    if share > 0:
+        shift = torch.where(torch.rand(batch, generator=generator) < share, float(other), float(shift))
     if tuple(sigma_range) == FULL_RANGE:
         return shifted(u, shift)
     low, high = sigma_range
@@ -113,12 +123,14 @@ def expert_sigma_range(expert: str, boundary_ratio: float) -> tuple[float, float
     return (boundary_ratio, 1.0) if expert == "high" else (0.0, boundary_ratio)
 
 
-def pick_expert(experts: tuple[str, ...], boundary_ratio: float | None, shift: float, generator) -> str:
+def pick_expert(
+    experts: tuple[str, ...], boundary_ratio: float | None, shift: float, generator, mix: tuple[float, float] = NO_MIX
+) -> str:
     """The expert a step trains: the only one, or (both trained) the one whose range holds a sigma drawn
     from the run's distribution, so each expert gets the share of steps its part of the schedule has."""
     if len(experts) == 1:
         return experts[0]
-    return "high" if sample_sigmas(1, shift, generator).item() >= boundary_ratio else "low"
+    return "high" if sample_sigmas(1, shift, generator, mix=mix).item() >= boundary_ratio else "low"
 
 
 def flow_matching_loss(
@@ -139,6 +151,7 @@ def flow_matching_loss(
     gate_threshold: float = EDIT_THRESHOLD,
     sigma_range: tuple[float, float] = FULL_RANGE,
     edit_weight: float = 0.0,
+    sigma_mix: tuple[float, float] = NO_MIX,
 ) -> torch.Tensor:
     """Loss of one batch. Latents: (batch, channels, frames, h, w); text: (batch, tokens, text_dim);
     gate_text: pooled (batch, text_dim). `forward` is the (possibly DDP-wrapped) model's call;
@@ -152,7 +165,7 @@ def flow_matching_loss(
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
     drop_source = (torch.rand(b, generator=generator) < source_dropout).to(device)
-    sigma = sample_sigmas(b, shift, generator, sigma_range).to(device, dtype)
+    sigma = sample_sigmas(b, shift, generator, sigma_range, sigma_mix).to(device, dtype)
     noise = torch.randn(target_latents.shape, generator=generator).to(device, dtype)
 
     text = torch.where(drop_text[:, None, None], empty_text.expand_as(text), text)

@@ -140,7 +140,9 @@ def train(config: TrainConfig, progress: Callable[[int, int, float], None] | Non
             last = time.time()
             for epoch, index, batch in _batches(run, epoch0, batch0):
                 inputs = _batch_inputs(run, batch)
-                expert = pick_expert(run.experts, run.base.boundary_ratio, config.flow_shift, run.expert_generator)
+                expert = pick_expert(
+                    run.experts, run.base.boundary_ratio, config.flow_shift, run.expert_generator, config.sigma_mix
+                )
                 _train_step(run, inputs, expert)
                 now = time.time()
                 pairs_per_s = len(inputs.source) / max(now - last, 1e-9)
@@ -374,6 +376,7 @@ def _train_step(run: _Run, inputs: _StepInputs, expert: str) -> None:
             gate_threshold=config.gate_threshold,
             sigma_range=run.sigma_ranges[expert],
             edit_weight=config.edit_loss_weight,
+            sigma_mix=config.sigma_mix,
         )
     if not torch.isfinite(loss):
         raise TrainingError(
