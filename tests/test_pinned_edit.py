@@ -14,11 +14,11 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-# (pinned again 2026-12-06: the toy bases' default guidance became 1.5 down to sigma 0.8, then off)
-BUNDLE = "b1f0354521a627f045403087e74692299a7378edd3f716b59cc1acdfd31965ad"
-PINNED_VIDEO = "ba8d5908051e7d06a23bac5f6a23bc1680cdfd32992975ac4b7abd5de97500b2"
-PINNED_MASK = "70ced701db04ada6f18239a2355a46c2da863de30d668c7f9bda43fbf248ae65"
-PINNED_IMAGE = "329481d633b18c91d6f423dce1224e0951851e5704428fe0468ccfdaa5fec809"
+# (pinned again 2026-12-06: the bundle retrained with edit_loss_weight 2 in both stages)
+BUNDLE = "50ab26793f5d56e20cfdd97f74c48f00d7fb8f1f44c5cd913cf000507d88bb60"
+PINNED_VIDEO = "c351010c25ccc1b2e15b0534cfcb0c3d9df10eec678005e452ec436b6289b4c7"
+PINNED_MASK = "3a91d0ed4c7e89b7dbe5f51fe56b5f4d4e19178cb7b827e4105e0f382691cee3"
+PINNED_IMAGE = "5473f4f99bab289f6f9a350713595bec60693728efd5a3c4be6d514e5a2aceb6"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -122,3 +122,16 @@ def test_each_headline_says_whether_its_claim_held_from_the_numbers():
     # rows from before groups were kept: one verdict over all kinds
     old = [_row("imvedit", 20.0, 0.01), _row("sdedit", 17.0, 0.02)]
     assert "— not held.** Threshold: imvedit's edit_region_psnr at least SDEdit's + 5 dB" in claims({"rows": old})[0]
+
+
+def test_a_page_joined_from_a_run_that_trained_nothing_says_so():
+    """`--only bundled` evaluates the shipped adapter and trains nothing: its part of the page says that rather
+    than "training 0.0 min"."""
+    from imvedit.evaluation.suite import _timing
+
+    def invocation(rows, training):
+        return {"rows": rows, "date": "D", "seconds": 90.0, "training_seconds": training, "evaluation_seconds": 60.0}
+
+    text = _timing({"invocations": [invocation(["imvedit"], 120.0), invocation(["bundled"], 0.0)]})
+    assert "imvedit on D (training 2.0 min, by the runs' own timings, evaluating 1.0 min)" in text
+    assert "bundled on D (nothing trained, evaluating 1.0 min)" in text

@@ -84,8 +84,8 @@ SUITES = ("paper",)
 VIDEO_FRAMES = 17  # the clips `concat-video` trains on (17 latent frames: the toy VAE keeps every frame)
 
 # The training recipe every variant shares: the bundled adapter's (imvedit/toy/configs/adapter.yaml) without
-# its `cross_lora` and `text_difference`, so that each variant is the paper's components and nothing of ours
-# on top. Its lr and sigma shift are training settings every variant gets alike: at shift 12 most steps land
+# its `cross_lora`, `text_difference` and `edit_loss_weight`, so that each variant is the paper's components and
+# nothing of ours on top. Its lr and sigma shift are training settings every variant gets alike: at shift 12 most steps land
 # at high noise, where whether the object takes the named colour is decided (docs/toy.md)
 RECIPE = {
     "lr": 1e-3, "flow_shift": 12.0, "cross_attention_text": "mixed", "gate_text": "instruction", "text_dropout": 0.1,
@@ -499,10 +499,11 @@ def _timing(results: dict) -> str:
             + (f", reusing {len(reused)} run(s) trained by an earlier one with the same config." if reused else ", from scratch.")
         )  # fmt: skip
     parts = [
-        f"{', '.join(inv['rows'])} on {inv['date']} (training {inv['training_seconds'] / 60:.1f} min, by the runs' "
-        f"own timings, evaluating {inv['evaluation_seconds'] / 60:.1f} min)"
+        f"{', '.join(inv['rows'])} on {inv['date']} ("
+        + (f"training {inv['training_seconds'] / 60:.1f} min, by the runs' own timings, " if inv["training_seconds"] else "nothing trained, ")
+        + f"evaluating {inv['evaluation_seconds'] / 60:.1f} min)"
         for inv in invocations
-    ]
+    ]  # fmt: skip
     return (
         f"The rows come from {len(invocations)} invocations with the same options on the same machine (a rerun of "
         f"some variants with `--only` keeps the others): {'; '.join(parts)}."
