@@ -84,9 +84,9 @@ SUITES = ("paper",)
 VIDEO_FRAMES = 17  # the clips `concat-video` trains on (17 latent frames: the toy VAE keeps every frame)
 
 # The training recipe every variant shares: the bundled adapter's (imvedit/toy/configs/adapter.yaml) without
-# its `cross_lora`, `text_difference` and `edit_loss_weight`, so that each variant is the paper's components and
-# nothing of ours on top. Its lr and sigma shift are training settings every variant gets alike: at shift 12 most steps land
-# at high noise, where whether the object takes the named colour is decided (docs/toy.md)
+# its `cross_lora`, `text_difference` and `edit_loss_weight`, so that each variant is the paper's components
+# and nothing of ours on top. Its lr and sigma shift are training settings every variant gets alike: at shift
+# 12 most steps land at high noise, where whether the object takes the named colour is decided (docs/toy.md)
 RECIPE = {
     "lr": 1e-3, "flow_shift": 12.0, "cross_attention_text": "mixed", "gate_text": "instruction", "text_dropout": 0.1,
 }  # fmt: skip
