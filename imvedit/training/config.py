@@ -88,7 +88,7 @@ class TrainConfig:
     source_dropout: float = 0.05  # probability of training a pair without its source (source guidance)
     flow_shift: float = 3.0  # sigma sampling shift, as Wan's scheduler
     # Share of each batch whose sigma is drawn at low_noise_shift instead. At flow_shift 12 (the toy's recipe) 8 %
-    # of the steps land below sigma 0.5, where the sampler draws edges and fine detail; 0: all at flow_shift.
+    # of the steps land below sigma 0.5, where a shift-1 sampler spends half its steps; 0: all at flow_shift.
     low_noise_share: float = 0.0
     low_noise_shift: float = 1.0  # the shift that share is drawn at (1: sigma uniform)
     # Which text feeds the base's cross-attention and which the gate: "instruction", "description" (the

@@ -70,7 +70,7 @@ def mean_change(source_latents: torch.Tensor, target_latents: torch.Tensor) -> t
     return (target_latents - source_latents).abs().float().mean(1, keepdim=True)
 
 
-def _edit_weight(change: torch.Tensor, extra: float) -> torch.Tensor | None:
+def _edit_weight(change: torch.Tensor | None, extra: float) -> torch.Tensor | None:
     """(batch, 1, f, h, w) from `mean_change`: 1 + `extra` on latent positions the pair changes at all
     (CHANGE_THRESHOLD), 1 elsewhere; None for no extra. The ring the VAE spreads past an edited object counts,
     so its outline does too."""
@@ -159,8 +159,9 @@ def flow_matching_loss(
     passed by name: by position, two latents of one shape, four text embeddings and three rates are easily swapped."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
-    # From the pair as given, before its source may be dropped: the gate term leaves dropped pairs out anyway
-    change = mean_change(source_latents, target_latents)
+    # From the pair as given, before its source may be dropped (the gate term leaves dropped pairs out anyway);
+    # only when a term reads it, so the plain loss does no extra pass over the latents
+    change = mean_change(source_latents, target_latents) if edit_weight or gate_weight > 0 else None
     weight = _edit_weight(change, edit_weight)
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
