@@ -14,11 +14,11 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-# (pinned again 2026-12-06: the bundle retrained with edit_loss_weight 2 in both stages)
-BUNDLE = "50ab26793f5d56e20cfdd97f74c48f00d7fb8f1f44c5cd913cf000507d88bb60"
-PINNED_VIDEO = "c351010c25ccc1b2e15b0534cfcb0c3d9df10eec678005e452ec436b6289b4c7"
-PINNED_MASK = "3a91d0ed4c7e89b7dbe5f51fe56b5f4d4e19178cb7b827e4105e0f382691cee3"
-PINNED_IMAGE = "5473f4f99bab289f6f9a350713595bec60693728efd5a3c4be6d514e5a2aceb6"
+# (pinned again 2026-12-06: the bundle's second stage annealed over 2,300 steps instead of 1,150)
+BUNDLE = "be92b6dbea117ea8ffb53c835c7c559f13910299f8ed6916ade02aa158a2682e"
+PINNED_VIDEO = "8018bcc5288f78cd37e4eae4209c7279066c1331ace3c6219faf770a1a7baae8"
+PINNED_MASK = "fe183d8e84874540ebc3a83186852fcdcf76692c275076cb9cfae524868ceb31"
+PINNED_IMAGE = "e7b394779b2431d0b7d9254f888c89eb1972bdb1efbfd8798ca4e9f78e1847b9"
 
 
 def _digest(frames: np.ndarray) -> str:
