@@ -159,9 +159,10 @@ def flow_matching_loss(
     passed by name: by position, two latents of one shape, four text embeddings and three rates are easily swapped."""
     b = target_latents.shape[0]
     device, dtype = target_latents.device, target_latents.dtype
+    supervise = gate_weight > 0
     # From the pair as given, before its source may be dropped (the gate term leaves dropped pairs out anyway);
     # only when a term reads it, so the plain loss does no extra pass over the latents
-    change = mean_change(source_latents, target_latents) if edit_weight or gate_weight > 0 else None
+    change = mean_change(source_latents, target_latents) if edit_weight or supervise else None
     weight = _edit_weight(change, edit_weight)
     # All random draws come from one CPU generator so a run is reproducible on any device.
     drop_text = (torch.rand(b, generator=generator) < text_dropout).to(device)
@@ -178,7 +179,6 @@ def flow_matching_loss(
     features = model.encode_source(source_latents, empty_text)  # frozen, no gradient
     s = sigma.view(b, 1, 1, 1, 1)
     noisy = (1 - s) * target_latents + s * noise
-    supervise = gate_weight > 0
     pred = (forward or model)(noisy, sigma * 1000.0, text, features, gate_text, collect_gates=supervise)
     if weight is None:
         loss = F.mse_loss(pred.float(), (noise - target_latents).float())
