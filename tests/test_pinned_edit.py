@@ -14,11 +14,11 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-# (pinned again 2026-12-06: the bundle's second stage annealed over 2,300 steps instead of 1,150)
-BUNDLE = "be92b6dbea117ea8ffb53c835c7c559f13910299f8ed6916ade02aa158a2682e"
-PINNED_VIDEO = "8018bcc5288f78cd37e4eae4209c7279066c1331ace3c6219faf770a1a7baae8"
-PINNED_MASK = "fe183d8e84874540ebc3a83186852fcdcf76692c275076cb9cfae524868ceb31"
-PINNED_IMAGE = "e7b394779b2431d0b7d9254f888c89eb1972bdb1efbfd8798ca4e9f78e1847b9"
+# (pinned again 2026-12-06: the bundle's second stage annealed over 3,450 steps instead of 2,300)
+BUNDLE = "5df51e610d5abcb939f0fdb187cf1bcee9be438d6645984e87d1a68571190413"
+PINNED_VIDEO = "404e05c482a43033545107beef19faf62529504cb45e2aca972eab82faf7ee6c"
+PINNED_MASK = "429ab375aeabf289286b61760cb30196ed22eb8d2055901b9b423225785cb0e3"
+PINNED_IMAGE = "bc169df6510eed19cf821fb86e8589443571283773a255eec71c3eb95fae0135"
 
 
 def _digest(frames: np.ndarray) -> str:

@@ -357,7 +357,7 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     stage1 = TrainConfig.from_sources(first, {}, required=())
     stage2 = TrainConfig.from_sources(second, {}, required=())
     assert stage1.flow_shift == 12.0 and stage1.adapter.text_difference and stage1.epochs == 5
-    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.25 and stage2.max_steps == 2300
+    assert stage2.init == "run-toy" and stage2.gate_supervision == 0.25 and stage2.max_steps == 3450
     first_switches, second_switches = stage1.adapter.switches(), stage2.adapter.switches()
     assert not first_switches.get("frame_position") and second_switches.pop("frame_position")
     assert second_switches == first_switches and stage2.model == stage1.model
