@@ -14,11 +14,11 @@ from imvedit.toy.world import render, sample_scene
 from imvedit.video.io import read_image, read_video, write_image, write_video
 
 # sha256 of the bundled adapter file these were pinned with, then of the decoded uint8 frames of each output
-# (pinned again 2026-12-06: the bundle's second stage annealed over 3,450 steps instead of 2,300)
-BUNDLE = "5df51e610d5abcb939f0fdb187cf1bcee9be438d6645984e87d1a68571190413"
-PINNED_VIDEO = "404e05c482a43033545107beef19faf62529504cb45e2aca972eab82faf7ee6c"
-PINNED_MASK = "429ab375aeabf289286b61760cb30196ed22eb8d2055901b9b423225785cb0e3"
-PINNED_IMAGE = "bc169df6510eed19cf821fb86e8589443571283773a255eec71c3eb95fae0135"
+# (pinned again 2026-12-06: the bundled adapter is twice as wide, each rank and the gate doubled)
+BUNDLE = "fcf1c1c1c01b3aabfc4e51e30024b6d386a2150b28a428d01152e29c499c7f0d"
+PINNED_VIDEO = "7c16b5f7cda15cedc5eaa0e84cba702d96663a87288e746bdb2f347ccbf8ece1"
+PINNED_MASK = "27efd35f50e90c7376e51d8659afc66f4955cc9668b4fc3d6dd776a120ed40ec"
+PINNED_IMAGE = "c65458053c9472bac5362b614db77c51c8762a051fa8a2c4d953d2193cc5deeb"
 
 
 def _digest(frames: np.ndarray) -> str:

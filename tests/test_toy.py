@@ -342,8 +342,8 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
     """configs/adapter.yaml (stage 1) and adapter-gate.yaml (stage 2, from stage 1's run) load as training
     configs; stage 2 sets every option it names as the bundled adapter's own training record says (so the recipe
     is the run that made the bundle) and starts from stage 1's adapter with the same switches but for
-    frame_position, which it adds; each plans the adapter of the run docs/toy.md measured (773,284 parameters,
-    then 779,556)."""
+    frame_position, which it adds; each plans the adapter of the run docs/toy.md measured (1,579,332 parameters,
+    then 1,591,876)."""
     from pathlib import Path
 
     import yaml
@@ -365,7 +365,7 @@ def test_the_bundled_adapter_recipe_is_the_run_docs_toy_reports():
         trained = read_adapter_metadata(SHAPES_WAN_ADAPTER)["training"]["config"]
         for option, value in yaml.safe_load(second.read_text()).items():
             assert trained[option] == value, (option, trained[option], value)
-    for recipe, parameters in ((first, 773_284), (second, 779_556)):
+    for recipe, parameters in ((first, 1_579_332), (second, 1_591_876)):
         result = runner.invoke(app, ["train", "--dry-run", "--config", str(recipe), "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["adapter_parameters"] == parameters
