@@ -135,3 +135,18 @@ def test_a_page_joined_from_a_run_that_trained_nothing_says_so():
     text = _timing({"invocations": [invocation(["imvedit"], 120.0), invocation(["bundled"], 0.0)]})
     assert "imvedit on D (training 2.0 min, by the runs' own timings, evaluating 1.0 min)" in text
     assert "bundled on D (nothing trained, evaluating 1.0 min)" in text
+
+
+def test_the_compute_plot_of_a_page_with_no_trained_row_draws_empty_axes():
+    """`--only bundled` on a page it cannot join (another machine's) leaves a row trained elsewhere, which has no
+    point on the quality-against-compute plot: the plot is drawn without points rather than the page failing."""
+    from imvedit.evaluation.suite import scatter_svg
+
+    def labels(rows):
+        svg = ET.fromstring(scatter_svg(rows))  # noqa: S314 - SVG this test just made
+        return [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+
+    bundled = {"name": "bundled", "group": "method", "edit_psnr": 26.0, "training_seconds": None}
+    assert "edit quality vs training compute" in labels([bundled]) and "bundled" not in labels([bundled])
+    trained = {"name": "imvedit", "group": "method", "edit_psnr": 18.0, "training_seconds": 230.0}
+    assert "imvedit" in labels([bundled, trained])

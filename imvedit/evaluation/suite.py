@@ -545,7 +545,8 @@ def scatter_svg(rows: list[dict]) -> str:
         for r in rows
         if r["edit_psnr"] is not None and r["training_seconds"] is not None  # trained elsewhere: no point
     ]
-    xs, ys = [math.log10(p[0]) for p in pts], [p[1] for p in pts]
+    # [0]: a page of rows trained elsewhere only (`--only bundled` on a fresh page) gets empty axes, not a crash
+    xs, ys = [math.log10(p[0]) for p in pts] or [0.0], [p[1] for p in pts] or [0.0]
     x0, x1 = min(xs) - 0.1, max(xs) + 0.1
     y0, y1 = min(ys) - 1, max(ys) + 1
 
