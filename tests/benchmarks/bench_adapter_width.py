@@ -17,32 +17,30 @@ import statistics
 import time
 
 import torch
-import yaml
 from diffusers import WanTransformer3DModel
 
 from imvedit.models.bases import SHAPES_WAN_DIR
 from imvedit.models.imvedit import ImVideoEditAdapter, ImVideoEditTransformer
-from imvedit.training.config import AdapterOptions
+from imvedit.toy.bundle import CONFIGS
+from imvedit.training.config import TrainConfig
 from imvedit.training.flow_matching import flow_matching_loss
 
-RECIPE = SHAPES_WAN_DIR.parents[1] / "toy" / "configs" / "adapter.yaml"
 WIDTHS = ("rank", "aligned_rank", "cross_rank", "text_rank", "gate_dim")
 
 
-def switches(recipe: dict, scale: float) -> dict:
-    found = AdapterOptions.from_dict(recipe["adapter"]).switches()
-    return {k: int(v * scale) if k in WIDTHS else v for k, v in found.items()}
+def switches(recipe: TrainConfig, scale: float) -> dict:
+    return {k: int(v * scale) if k in WIDTHS else v for k, v in recipe.adapter.switches().items()}
 
 
 def load() -> WanTransformer3DModel:
     return WanTransformer3DModel.from_pretrained(SHAPES_WAN_DIR / "transformer").eval()
 
 
-def build(base: WanTransformer3DModel, recipe: dict, scale: float, args):
+def build(base: WanTransformer3DModel, recipe: TrainConfig, scale: float, args):
     torch.manual_seed(0)
     adapter = ImVideoEditAdapter.for_base(base, **switches(recipe, scale))
     model = ImVideoEditTransformer(base, adapter)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=recipe["lr"])
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=recipe.lr)
     c, text_dim = base.config.in_channels, base.config.text_dim
     g = torch.Generator().manual_seed(0)
     source = torch.randn(args.batch, c, 1, 16, 16, generator=g)  # 64x64 px through the toy VAE
@@ -57,10 +55,10 @@ def build(base: WanTransformer3DModel, recipe: dict, scale: float, args):
     return model, optimizer, batch, sum(p.numel() for p in adapter.parameters())
 
 
-def step(model, optimizer, batch, recipe: dict) -> None:
+def step(model, optimizer, batch, recipe: TrainConfig) -> None:
     loss = flow_matching_loss(
-        model, **batch, generator=torch.Generator().manual_seed(1), text_dropout=recipe["text_dropout"],
-        source_dropout=recipe["source_dropout"], shift=recipe["flow_shift"], edit_weight=recipe["edit_loss_weight"],
+        model, **batch, generator=torch.Generator().manual_seed(1), text_dropout=recipe.text_dropout,
+        source_dropout=recipe.source_dropout, shift=recipe.flow_shift, edit_weight=recipe.edit_loss_weight,
     )  # fmt: skip
     loss.backward()
     optimizer.step()
@@ -73,7 +71,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="pairs per step (the recipe's batch_size)")
     p.add_argument("--tokens", type=int, default=32, help="text tokens per prompt")
     args = p.parse_args()
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = TrainConfig.from_sources(CONFIGS / "adapter.yaml", {}, required=())  # validated, as `train` reads it
     # a base holds one adapter at a time (processors and hooks): each width gets its own copy, frozen by the wrapper
     built = {k: build(load(), recipe, scale, args) for k, scale in (("narrow", 0.5), ("wide", 1.0))}
     times = {k: [] for k in built}
